@@ -1,0 +1,1 @@
+"""Variants and their measured scores: quality, latency, throughput, memory, size."""

@@ -1,0 +1,1 @@
+"""The deployable directory: manifest, chosen artifact, tokenizer and model card."""

@@ -1,0 +1,72 @@
+"""Every error a user can cause, in one tree.
+
+    KilnError                       base: ``str(err)`` says what was wrong and what to do
+    ├── SourceError                 the model could not be found or read
+    │   ├── ModelNotFoundError      neither a local path nor a cached hub id
+    │   └── UnsupportedFormatError  the files are not a format kiln reads
+    ├── UnsafeFileError             a file would run code when loaded (pickle), or escapes its folder
+    ├── TaskError                   the model cannot do the task asked of it
+    ├── DataError                   evaluation data missing, empty or malformed
+    ├── BuildError                  export / optimisation / evaluation failed
+    ├── BundleError                 a bundle is incomplete, tampered with or from an unknown version
+    └── RequestError                a request to the server is malformed (serve/ maps these to HTTP)
+        ├── InvalidInputError       wrong tensor name, shape, datatype or content
+        ├── PayloadTooLargeError    too many items or bytes in one request
+        └── UnknownModelError       the request names a model the server does not have
+
+Nothing here imports a web framework: only ``kiln.serve`` maps these to status codes.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base of every error kiln raises on purpose."""
+
+
+class SourceError(KilnError):
+    """The model could not be found or read."""
+
+
+class ModelNotFoundError(SourceError):
+    """A model spec is neither an existing local path nor a hub id in the local cache."""
+
+
+class UnsupportedFormatError(SourceError):
+    """The files are not in a format kiln can read for this operation."""
+
+
+class UnsafeFileError(KilnError):
+    """A file would run code when loaded, or points outside its folder."""
+
+
+class TaskError(KilnError):
+    """The model cannot serve the task asked of it."""
+
+
+class DataError(KilnError):
+    """Evaluation data is missing, empty or malformed."""
+
+
+class BuildError(KilnError):
+    """A build step failed."""
+
+
+class BundleError(KilnError):
+    """A bundle is incomplete, was modified after it was written, or cannot be read."""
+
+
+class RequestError(KilnError):
+    """A request to the server is malformed."""
+
+
+class InvalidInputError(RequestError):
+    """A request's tensors or fields are wrong."""
+
+
+class PayloadTooLargeError(RequestError):
+    """A request carries more items or bytes than the server accepts."""
+
+
+class UnknownModelError(RequestError):
+    """A request names a model the server does not have."""

@@ -1,0 +1,1 @@
+"""Human views of measured results: terminal tables, model cards."""

@@ -1,0 +1,1 @@
+"""Tasks: what a model does, its input/output schema, pre/post-processing and quality metric."""
