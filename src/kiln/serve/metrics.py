@@ -1,0 +1,122 @@
+"""Prometheus metrics on a registry owned by one app (never the process-global one).
+
+    kiln_http_requests_total{method, route, model, status}            requests answered
+    kiln_http_request_duration_seconds{method, route, model, status}  wall time per request
+    kiln_inference_items_total{model}                                 texts embedded
+    kiln_inference_duration_seconds{model}                            model time per batch
+
+``route`` is the route template (``/v2/models/{model_name}/infer``), never the raw path, and ``model`` is
+the served model's canonical name (empty when a request names no served model), so label sets stay small.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MODEL_KEY = "kiln_model"
+UNMATCHED = "<unmatched>"
+CLIENT_CLOSED = 499  # no response was sent: the client went away (nginx's convention)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        labels = ("method", "route", "model", "status")
+        self.requests = Counter(
+            "kiln_http_requests_total", "HTTP requests answered", labels, registry=self.registry
+        )
+        self.latency = Histogram(
+            "kiln_http_request_duration_seconds",
+            "HTTP request wall time, from the first byte received to the last byte sent",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.items = Counter(
+            "kiln_inference_items_total", "texts embedded", ("model",), registry=self.registry
+        )
+        self.inference = Histogram(
+            "kiln_inference_duration_seconds",
+            "model time per inference batch",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_request(self, method: str, route: str, model: str, status: int, seconds: float) -> None:
+        labels = {"method": method, "route": route, "model": model, "status": str(status)}
+        self.requests.labels(**labels).inc()
+        self.latency.labels(**labels).observe(seconds)
+
+    def observe_inference(self, model: str, items: int, seconds: float) -> None:
+        self.items.labels(model=model).inc(items)
+        self.inference.labels(model=model).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def endpoint(self, request: Request) -> Response:
+        return Response(self.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def set_model_label(request: Request, model: str) -> None:
+    """Record which served model a request was for (adapters call this once the name is resolved)."""
+    request.state.kiln_model = model
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    if route is None:  # older Starlette does not record the matched route: match again
+        router = scope.get("router")
+        for candidate in getattr(router, "routes", ()):
+            if candidate.matches(scope)[0] is Match.FULL:
+                route = candidate
+                break
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+class MetricsMiddleware:
+    """ASGI middleware: counts and times every HTTP request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status: int | None = None
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            status = status or 500
+            raise
+        finally:
+            state: dict[str, Any] = scope.get("state") or {}
+            method = scope.get("method", "")
+            self.metrics.observe_request(
+                method if method in METHODS else "other",
+                route_template(scope),
+                str(state.get(MODEL_KEY, "")),
+                status or CLIENT_CLOSED,
+                time.perf_counter() - start,
+            )
