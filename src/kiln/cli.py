@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     pi = sub.add_parser("inspect", help="facts about a model: format, size, parameters, license")
-    pi.add_argument("model", help="a local folder or file, or a Hugging Face hub id (from the local cache)")
+    pi.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a local folder or file, or a hub id from the local cache (default: all-MiniLM-L6-v2)",
+    )
     pi.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pi.set_defaults(func=_cmd_inspect)
 

@@ -112,6 +112,7 @@ def _progress(console: Console) -> Progress:
 @contextmanager
 def _step(progress: Progress, description: str, total: int = 1) -> Iterator[Callable[[int], None]]:
     task = progress.add_task(description, total=total)
+
     def advance(n: int = 1) -> None:
         progress.advance(task, n)
 
@@ -139,7 +140,7 @@ def build(opts: BuildOptions, console: Console | None = None) -> BuildResult:
         raise TaskError(
             f"{model_dir} has unsafe files; kiln will not load it:\n  " + "\n  ".join(facts.safety)
         )
-    name = bundle_name(source.spec)
+    name = bundle_name(source.model_id or source.spec)
     out = Path(opts.out) if opts.out else settings.bundles_dir / name
     max_length = int(min(facts.max_sequence_length or 256, 512))
 

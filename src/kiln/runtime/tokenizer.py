@@ -32,7 +32,8 @@ class TextTokenizer:
         self._tok.enable_truncation(max_length=max_length)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(e.ids) for e in self._tok.encode_batch(list(texts))]
+        """Real (unpadded, truncated) token count of each text."""
+        return [sum(e.attention_mask) for e in self._tok.encode_batch(list(texts))]
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         if not texts:
