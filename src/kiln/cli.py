@@ -12,6 +12,8 @@ from kiln import __version__
 from kiln.errors import KilnError
 
 console = Console()
+if not console.is_terminal:  # piped or logged: don't squeeze the variant table into 80 columns
+    console.width = max(console.width, 160)
 err_console = Console(stderr=True)
 
 
