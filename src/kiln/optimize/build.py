@@ -7,12 +7,13 @@ import platform
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -35,9 +36,10 @@ from kiln.bench.parity import check_parity, judge_parity, parity_inputs
 from kiln.bench.quality import embed_quality
 from kiln.bench.scores import VariantRecord
 from kiln.bundle.card import model_card
+from kiln.bundle.load import load_bundle
 from kiln.bundle.manifest import EvalRecord, Manifest, SourceRecord
 from kiln.bundle.write import write_bundle
-from kiln.errors import BuildError, TaskError
+from kiln.errors import BuildError, BundleError, TaskError
 from kiln.optimize.cpu import cpu_info
 from kiln.optimize.export import export_onnx
 from kiln.optimize.recipes import ExportOnnx, QuantizeDynamic, int8_dynamic_for, int8_dynamic_per_tensor
@@ -53,6 +55,7 @@ from kiln.tasks.embed_config import TASK_NAME, EmbedConfig
 from kiln.tasks.embed_torch import GRAPH_OUTPUT, TorchEmbedder, check_embed_config
 
 REFERENCE = "pytorch-fp32"
+PROBE_NOTES = "stratified split; logistic-regression probe fitted on each variant's own train embeddings"
 
 
 class BuildOptions(BaseModel):
@@ -142,200 +145,248 @@ def build(opts: BuildOptions, console: Console | None = None) -> BuildResult:
         )
     name = bundle_name(source.model_id or source.spec)
     out = Path(opts.out) if opts.out else settings.bundles_dir / name
-    max_length = int(min(facts.max_sequence_length or 256, 512))
-
     settings.home.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=settings.home))
     try:
-        return _build_in(opts, console, source, facts, name, out, max_length, work)
+        return _BuildRun(opts, console, source, facts, name, out, work).run()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _build_in(
-    opts: BuildOptions,
-    console: Console,
-    source: ResolvedSource,
-    facts: ModelFacts,
-    name: str,
-    out: Path,
-    max_length: int,
-    work: Path,
-) -> BuildResult:
-    model_dir = Path(source.path)
-    tok_path = _ensure_tokenizer_json(model_dir, work)
-    tokenizer = TextTokenizer(tok_path, max_length)
-    data = rotten_tomatoes(max_samples=opts.eval_samples or None, seed=opts.seed)
-    train, test = stratified_split(data, test_fraction=0.5, seed=opts.seed)
-    cpu = cpu_info()
-    console.print(
-        f"[bold]kiln build[/] {source.spec} → {out}\n"
-        f"  task {TASK_NAME}, {facts.parameters or '?'} parameters, license {facts.license}; "
-        f"CPU {cpu.summary()}\n"
-        f"  held-out evaluation: {data.name}, {len(train.texts)} to fit the probe, {len(test.texts)} held out"
-    )
-    records: dict[str, VariantRecord] = {}
-    runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {}
-    embedders: dict[str, Any] = {}
-    files: dict[str, Path] = {}
+class _Embedder(Protocol):
+    def run_encoded(self, feed: dict[str, np.ndarray]) -> np.ndarray: ...
 
-    with _progress(console) as progress:
-        with _step(progress, "load PyTorch fp32 reference"):
-            reference = TorchEmbedder(model_dir, tokenizer, opts.threads)
-        records[REFERENCE] = VariantRecord(
+    def embed(
+        self, texts: Sequence[str], batch_size: int = 32, on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray: ...
+
+
+@dataclass
+class _Candidate:
+    record: VariantRecord
+    path: Path | None = None
+    embedder: _Embedder | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.record.status == "ok" and self.embedder is not None
+
+    def fail(self, status: Literal["rejected", "failed"], reason: str) -> None:
+        self.record.status, self.record.reason = status, reason
+
+
+class _BuildRun:
+    """One build's state; each stage is a method, run in order under one progress display."""
+
+    def __init__(
+        self,
+        opts: BuildOptions,
+        console: Console,
+        source: ResolvedSource,
+        facts: ModelFacts,
+        name: str,
+        out: Path,
+        work: Path,
+    ) -> None:
+        self.opts, self.console, self.source, self.facts = opts, console, source, facts
+        self.name, self.out, self.work = name, out, work
+        self.model_dir = Path(source.path)
+        self.max_length = int(min(facts.max_sequence_length or 256, 512))
+        self.tok_path = _ensure_tokenizer_json(self.model_dir, work)
+        self.tokenizer = TextTokenizer(self.tok_path, self.max_length)
+        self.data = rotten_tomatoes(max_samples=opts.eval_samples or None, seed=opts.seed)
+        self.train, self.test = stratified_split(self.data, test_fraction=0.5, seed=opts.seed)
+        self.cpu = cpu_info()
+        self.candidates: dict[str, _Candidate] = {}
+        self.reference_embeddings = np.zeros((0, 0), dtype=np.float32)
+
+    def run(self) -> BuildResult:
+        self.console.print(
+            f"[bold]kiln build[/] {self.source.spec} → {self.out}\n"
+            f"  task {TASK_NAME}, {self.facts.parameters or '?'} parameters, license {self.facts.license}; "
+            f"CPU {self.cpu.summary()}\n"
+            f"  held-out evaluation: {self.data.name}, {len(self.train.texts)} to fit the probe, "
+            f"{len(self.test.texts)} held out"
+        )
+        with _progress(self.console) as self.progress:
+            self.load_reference()
+            self.export()
+            self.quantize()
+            self.parity_gate()
+            self.quality()
+            self.latency()
+            if self.opts.measure_memory:
+                self.memory()
+        return self.write()
+
+    def _live(self) -> list[_Candidate]:
+        return [c for c in self.candidates.values() if c.live]
+
+    def load_reference(self) -> None:
+        with _step(self.progress, "load PyTorch fp32 reference"):
+            self.reference = TorchEmbedder(self.model_dir, self.tokenizer, self.opts.threads)
+        record = VariantRecord(
             name=REFERENCE,
             format="pytorch",
             recipe=[{"kind": "reference", "dtype": "fp32", "runtime": "torch"}],
         )
-        runners[REFERENCE] = reference.run_encoded
-        embedders[REFERENCE] = reference
-
-        fp32_path = work / f"{BASELINE}.onnx"
-        export = ExportOnnx()
-        with _step(progress, "export ONNX fp32 (dynamo)"):
-            example = tokenizer.encode(["kiln exports this sentence.", "and a second, longer one for shape."])
-            export_onnx(reference.module, example, fp32_path, export, GRAPH_OUTPUT)
-        records[BASELINE] = VariantRecord(
-            name=BASELINE, format="onnx", recipe=[export.model_dump()], file=fp32_path.name
+        record.scores.file_bytes = sum(
+            (self.model_dir / f).stat().st_size
+            for f in self.facts.weight_files
+            if (self.model_dir / f).is_file()
         )
-        files[BASELINE] = fp32_path
+        self.candidates[REFERENCE] = _Candidate(record, embedder=self.reference)
 
-        quantized: list[tuple[str, QuantizeDynamic]] = [
-            ("onnx-int8-dynamic", int8_dynamic_for(cpu)),
+    def export(self) -> None:
+        self.export_recipe = ExportOnnx()
+        path = self.work / f"{BASELINE}.onnx"
+        with _step(self.progress, "export ONNX fp32 (dynamo)"):
+            example = self.tokenizer.encode(
+                ["kiln exports this sentence.", "and a second, longer one for shape."]
+            )
+            export_onnx(self.reference.module, example, path, self.export_recipe, GRAPH_OUTPUT)
+        record = VariantRecord(name=BASELINE, format="onnx", recipe=[self.export_recipe.model_dump()])
+        self.candidates[BASELINE] = _Candidate(record, path=path)
+
+    def quantize(self) -> None:
+        recipes: list[tuple[str, QuantizeDynamic]] = [
+            ("onnx-int8-dynamic", int8_dynamic_for(self.cpu)),
             ("onnx-int8-dynamic-per-tensor", int8_dynamic_per_tensor()),
         ]
-        with _step(progress, "quantize INT8 (dynamic)", total=len(quantized)) as advance:
-            for vname, recipe in quantized:
-                path = work / f"{vname}.onnx"
-                records[vname] = VariantRecord(
-                    name=vname,
-                    format="onnx",
-                    recipe=[export.model_dump(), recipe.model_dump()],
-                    file=path.name,
+        source = self.candidates[BASELINE].path
+        assert source is not None
+        with _step(self.progress, "quantize INT8 (dynamic)", total=len(recipes)) as advance:
+            for name, recipe in recipes:
+                path = self.work / f"{name}.onnx"
+                record = VariantRecord(
+                    name=name, format="onnx", recipe=[self.export_recipe.model_dump(), recipe.model_dump()]
                 )
+                candidate = _Candidate(record, path=path)
+                self.candidates[name] = candidate
                 try:
-                    recipe.apply(fp32_path, path)
-                    files[vname] = path
+                    recipe.apply(source, path)
                 except BuildError as exc:
-                    records[vname].status, records[vname].reason = "failed", str(exc)
+                    candidate.fail("failed", str(exc))
                 advance(1)
 
-        feeds = parity_inputs(tokenizer, test.texts)
-        onnx_names = [n for n in files if records[n].status == "ok"]
-        with _step(progress, "parity gate vs reference", total=len(onnx_names)) as advance:
-            for vname in onnx_names:
-                rec = records[vname]
+    def parity_gate(self) -> None:
+        feeds = parity_inputs(self.tokenizer, self.test.texts)
+        onnx = [c for c in self.candidates.values() if c.path is not None and c.record.status == "ok"]
+        with _step(self.progress, "parity gate vs reference", total=len(onnx)) as advance:
+            for c in onnx:
+                assert c.path is not None
+                c.record.scores.file_bytes = c.path.stat().st_size
                 try:
-                    emb = OnnxEmbedder(OnnxBackend(files[vname], opts.threads), tokenizer)
-                except Exception as exc:
-                    rec.status, rec.reason = "failed", f"ONNX Runtime cannot load it: {exc}"
+                    embedder = OnnxEmbedder(OnnxBackend(c.path, self.opts.threads), self.tokenizer)
+                except BundleError as exc:
+                    c.fail("failed", str(exc))
                     advance(1)
                     continue
-                rec.parity = check_parity(reference.run_encoded, emb.run_encoded, feeds)
-                lossy = any(r.get("precision") == "lossy" for r in rec.recipe)
-                reason = judge_parity(rec.parity, "lossy" if lossy else "exact")
+                c.record.parity = check_parity(self.reference.run_encoded, embedder.run_encoded, feeds)
+                lossy = any(r.get("precision") == "lossy" for r in c.record.recipe)
+                reason = judge_parity(c.record.parity, "lossy" if lossy else "exact")
                 if reason:
-                    rec.status, rec.reason = "rejected", reason
+                    c.fail("rejected", reason)
                 else:
-                    embedders[vname], runners[vname] = emb, emb.run_encoded
-                rec.scores.file_bytes = files[vname].stat().st_size
+                    c.embedder = embedder
                 advance(1)
-        records[REFERENCE].scores.file_bytes = sum(
-            (model_dir / f).stat().st_size for f in facts.weight_files if (model_dir / f).is_file()
-        )
 
-        live = [n for n in records if records[n].status == "ok"]
-        texts = train.texts + test.texts
+    def quality(self) -> None:
+        texts = self.train.texts + self.test.texts
+        live = self._live()
         embeddings: dict[str, np.ndarray] = {}
-        with _step(progress, "embed held-out data", total=len(live) * len(texts)) as advance:
-            for vname in live:
-                embeddings[vname] = embedders[vname].embed(texts, batch_size=32, on_batch=advance)
-        n_train = len(train.texts)
-        ref_emb = embeddings[REFERENCE]
-        for vname in live:
-            var_emb = embeddings[vname]
-            records[vname].scores.quality = embed_quality(
-                ref_emb[:n_train],
-                ref_emb[n_train:],
-                var_emb[:n_train],
-                var_emb[n_train:],
-                train.labels,
-                test.labels,
-                seed=opts.seed,
+        with _step(self.progress, "embed held-out data", total=len(live) * len(texts)) as advance:
+            for c in live:
+                assert c.embedder is not None
+                embeddings[c.record.name] = c.embedder.embed(texts, batch_size=32, on_batch=advance)
+        n = len(self.train.texts)
+        ref = self.reference_embeddings = embeddings[REFERENCE]
+        for c in live:
+            var = embeddings[c.record.name]
+            c.record.scores.quality = embed_quality(
+                ref[:n], ref[n:], var[:n], var[n:], self.train.labels, self.test.labels, seed=self.opts.seed
             )
 
-        one = [_typical_text(test.texts, tokenizer)]
-        batch = test.texts[:32]
+    def latency(self) -> None:
+        one = [_typical_text(self.test.texts, self.tokenizer)]
+        batch = self.test.texts[:32]
+        live = self._live()
         for key, inputs in (("batch1", one), ("batch32", batch)):
-            fns = {n: (lambda e=embedders[n], x=inputs: e.embed(x, batch_size=len(x))) for n in live}
-            with _step(progress, f"latency at {key.replace('batch', 'batch ')} (interleaved)"):
-                budget = opts.latency_seconds * len(fns)
+            fns: dict[str, Callable[[], object]] = {
+                c.record.name: partial(c.embedder.embed, inputs, len(inputs)) for c in live if c.embedder
+            }
+            budget = self.opts.latency_seconds * len(fns)
+            with _step(self.progress, f"latency at batch {len(inputs)} (interleaved)"):
                 stats = interleaved_latency(
                     fns, batch_size=len(inputs), min_time_s=budget, max_time_s=max(4 * budget, 10.0)
                 )
-            for vname, st in stats.items():
-                records[vname].scores.latency[key] = st
+            for name, st in stats.items():
+                self.candidates[name].record.scores.latency[key] = st
 
-        if opts.measure_memory:
-            with _step(progress, "peak memory (fresh process each)", total=len(live)) as advance:
-                for vname in live:
-                    is_ref = vname == REFERENCE
-                    try:
-                        records[vname].scores.peak_rss_mb = peak_rss_mb(
-                            "torch-embed" if is_ref else "onnx",
-                            str(model_dir if is_ref else files[vname]),
-                            str(tok_path),
-                            threads=opts.threads,
-                        )
-                    except BuildError as exc:
-                        console.print(f"[yellow]memory of {vname} not measured: {exc}")
-                    advance(1)
+    def memory(self) -> None:
+        live = self._live()
+        with _step(self.progress, "peak memory (fresh process each)", total=len(live)) as advance:
+            for c in live:
+                is_ref = c.record.name == REFERENCE
+                try:
+                    c.record.scores.peak_rss_mb = peak_rss_mb(
+                        "torch-embed" if is_ref else "onnx",
+                        str(self.model_dir if is_ref else c.path),
+                        str(self.tok_path),
+                        threads=self.opts.threads,
+                    )
+                except BuildError as exc:
+                    self.console.print(f"[yellow]memory of {c.record.name} not measured: {exc}")
+                advance(1)
 
-    variants = list(records.values())
-    choice = choose(variants, opts.max_quality_drop, REFERENCE)
-    dimension = int(ref_emb.shape[1])
-    config = EmbedConfig(max_length=max_length, dimension=dimension)
-    manifest = Manifest(
-        kiln_version=__version__,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        model_name=name,
-        task=TASK_NAME,
-        task_config=config.model_dump(),
-        license=facts.license,
-        source=SourceRecord(
-            kind=source.kind, spec=source.spec, path=str(model_dir), revision=source.revision
-        ),
-        machine=_machine(cpu.summary()),
-        evaluation=EvalRecord(
-            dataset=data.name,
-            seed=opts.seed,
-            n_train=len(train.texts),
-            n_test=len(test.texts),
-            notes="stratified split; logistic-regression probe fitted on each variant's own train embeddings",
-        ),
-        budget={"max_quality_drop": opts.max_quality_drop, "metric": "probe_accuracy"},
-        variants=variants,
-        chosen=choice.name,
-        chosen_reason=choice.reason,
-        artifact="model.onnx",
-    )
-    for v in manifest.variants:
-        v.file = "model.onnx" if v.name == choice.name else None
-    write_bundle(
-        out,
-        manifest,
-        files={"model.onnx": files[choice.name], "tokenizer.json": tok_path},
-        texts={"README.md": model_card(manifest)},
-    )
-    from kiln.bundle.load import load_bundle
-
-    final = load_bundle(out).manifest
-    console.print(variants_table(final.variants, final.chosen))
-    for v in final.variants:
-        if v.reason:
-            console.print(f"  [red]{v.name}[/]: {v.reason}")
-    console.print(f"[bold]chosen:[/] {final.chosen} — {final.chosen_reason}")
-    return BuildResult(bundle_dir=out, manifest=final)
+    def write(self) -> BuildResult:
+        variants = [c.record for c in self.candidates.values()]
+        choice = choose(variants, self.opts.max_quality_drop, REFERENCE)
+        for v in variants:
+            v.file = "model.onnx" if v.name == choice.name else None
+        config = EmbedConfig(max_length=self.max_length, dimension=int(self.reference_embeddings.shape[1]))
+        manifest = Manifest(
+            kiln_version=__version__,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            model_name=self.name,
+            task=TASK_NAME,
+            task_config=config.model_dump(),
+            license=self.facts.license,
+            source=SourceRecord(
+                kind=self.source.kind,
+                spec=self.source.spec,
+                path=str(self.model_dir),
+                revision=self.source.revision,
+            ),
+            machine=_machine(self.cpu.summary()),
+            evaluation=EvalRecord(
+                dataset=self.data.name,
+                seed=self.opts.seed,
+                n_train=len(self.train.texts),
+                n_test=len(self.test.texts),
+                notes=PROBE_NOTES,
+            ),
+            budget={"max_quality_drop": self.opts.max_quality_drop, "metric": "probe_accuracy"},
+            variants=variants,
+            chosen=choice.name,
+            chosen_reason=choice.reason,
+            artifact="model.onnx",
+        )
+        chosen_path = self.candidates[choice.name].path
+        assert chosen_path is not None
+        write_bundle(
+            self.out,
+            manifest,
+            files={"model.onnx": chosen_path, "tokenizer.json": self.tok_path},
+            texts={"README.md": model_card(manifest)},
+        )
+        final = load_bundle(self.out).manifest
+        self.console.print(variants_table(final.variants, final.chosen))
+        for v in final.variants:
+            if v.reason:
+                self.console.print(f"  [red]{v.name}[/]: {v.reason}")
+        self.console.print(f"[bold]chosen:[/] {final.chosen} — {final.chosen_reason}")
+        return BuildResult(bundle_dir=self.out, manifest=final)
 
 
 def _machine(cpu: str) -> dict[str, Any]:
