@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-LicenseClass = Literal["permissive", "copyleft", "non-commercial", "restricted", "unknown"]
+from kiln.analyze.license import LicenseClass, LicenseVerdict
+from kiln.sources.findings import SafetyFinding, not_allowed
+
+__all__ = ["DTYPE_WIDTHS", "LicenseClass", "LicenseVerdict", "ModelFacts", "SafetyFinding", "weight_bytes"]
 
 # bytes per parameter for the memory estimates in ModelFacts.bytes
 DTYPE_WIDTHS: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}
@@ -28,8 +31,12 @@ class ModelFacts(BaseModel):
     ``file_bytes``      bytes on disk of the weight files (and ONNX external data)
     ``dtype``           the stored dtype holding most parameters; ``stored_dtypes`` has the full split
     ``license_class``   permissive / copyleft / non-commercial / restricted (use restrictions) / unknown
-    ``safety``          findings: imports a pickle would run, ONNX external data outside the folder.
-                        Empty means nothing unsafe was found.
+    ``license_verdict`` may it be used commercially (allowed / conditional / not-allowed / unknown), on which
+                        conditions, and where the license was read
+    ``safety``          findings, one line each: imports a pickle would run, ONNX external data outside the
+                        folder... Empty means nothing unsafe was found.
+    ``safety_findings`` the same findings as SafetyFinding (path, location, severity, kind, detail, id):
+                        ``unsafe(allow)`` is what is left once the user names checked ids
     ``notes``           caveats about the other facts (what could not be read, and why)
     """
 
@@ -54,7 +61,9 @@ class ModelFacts(BaseModel):
     num_heads: int | None = None
     vocab_size: int | None = None
     weight_files: list[str] = Field(default_factory=list)
+    license_verdict: LicenseVerdict | None = None
     safety: list[str] = Field(default_factory=list)
+    safety_findings: list[SafetyFinding] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     source_kind: str | None = None
     spec: str | None = None
@@ -65,3 +74,7 @@ class ModelFacts(BaseModel):
     def safe(self) -> bool:
         """True when the scan found nothing that would run code or escape the model folder."""
         return not self.safety
+
+    def unsafe(self, allow: Collection[str] = ()) -> list[SafetyFinding]:
+        """The findings the user has not overridden by naming their id in ``allow``."""
+        return not_allowed(self.safety_findings, allow)

@@ -15,6 +15,8 @@ _LICENSE_STYLE = {
     "unknown": "yellow",
 }
 
+_VERDICT_STYLE = {"allowed": "green", "conditional": "yellow", "not-allowed": "red", "unknown": "yellow"}
+
 
 def human_bytes(n: int) -> str:
     """Sizes in powers of 1024: 90868376 -> "86.7 MB"."""
@@ -86,7 +88,15 @@ def facts_table(facts: ModelFacts) -> Table:
     table.add_row("tokenizer", _opt(facts.tokenizer))
     style = _LICENSE_STYLE.get(facts.license_class, "")
     table.add_row("license", Text(f"{facts.license} ({facts.license_class})", style=style))
-    if facts.safety:
+    v = facts.license_verdict
+    if v is not None:
+        verdict_style = _VERDICT_STYLE.get(v.verdict, "")
+        lines = [f"{v.verdict} (from {v.source})", *v.conditions]
+        table.add_row("commercial use", Text("\n".join(lines), style=verdict_style))
+    if facts.safety_findings:
+        lines = [f"[{f.severity}] {f.message}  (id {f.id})" for f in facts.safety_findings]
+        table.add_row("safety", Text("\n".join(lines), style="bold red"))
+    elif facts.safety:
         table.add_row("safety", Text("\n".join(facts.safety), style="bold red"))
     else:
         table.add_row("safety", Text("no findings", style="green"))

@@ -15,7 +15,6 @@ out of the count; so are int64 ONNX initializers (shapes and indices, not weight
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,12 @@ from pathlib import Path
 from kiln.analyze.hf_config import read_json
 from kiln.errors import UnsupportedFormatError
 from kiln.sources.filetype import PICKLE_FORMATS, WEIGHT_FORMATS, detect_format
+from kiln.sources.findings import SafetyFinding
 from kiln.sources.gguf import GGUFHeader, read_gguf_header
 from kiln.sources.onnx_proto import OnnxModelInfo, read_onnx_info
-from kiln.sources.pickle_scan import scan_pickle
+from kiln.sources.pickle_scan import scan_pickle_findings
 from kiln.sources.safetensors_header import DTYPE_NAME, read_safetensors_header
+from kiln.sources.scan import check_onnx_external_data as _check_external
 
 _INT_BUFFERS = frozenset({"position_ids", "token_type_ids", "num_batches_tracked"})
 _FLOAT_BUFFERS = frozenset({"inv_freq", "masked_bias", "running_mean", "running_var"})
@@ -62,7 +63,7 @@ class Weights:
     parameters: int | None = None
     stored_dtypes: dict[str, int] = field(default_factory=dict)
     file_bytes: int = 0
-    safety: list[str] = field(default_factory=list)
+    safety: list[SafetyFinding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     gguf: GGUFHeader | None = None
     onnx: OnnxModelInfo | None = None
@@ -178,29 +179,12 @@ def _count_safetensors(w: Weights) -> None:
     w.parameters = sum(dtypes.values())
 
 
-def _inside(root: Path, target: Path) -> bool:
-    """Lexical containment (symlinks are not followed: Hugging Face cache snapshots are all symlinks)."""
-    root_s = os.path.normpath(os.path.abspath(root))
-    target_s = os.path.normpath(os.path.abspath(target))
-    return target_s == root_s or target_s.startswith(root_s.rstrip(os.sep) + os.sep)
-
-
 def check_onnx_external_data(
     onnx_path: Path, info: OnnxModelInfo, root: Path, *, label: str | None = None
-) -> tuple[list[str], list[Path]]:
-    """Findings for external-data locations outside ``root``, and the external files that are inside."""
-    findings: list[str] = []
-    inside: list[Path] = []
-    for loc in info.external_locations:
-        target = onnx_path.parent / loc
-        if os.path.isabs(loc) or not _inside(root, target):
-            findings.append(
-                f"{label or onnx_path.name}: external data location {loc!r} points outside the model "
-                f"folder {root}; loading it would read files kiln did not scan"
-            )
-        else:
-            inside.append(target)
-    return findings, inside
+) -> tuple[list[SafetyFinding], list[Path]]:
+    """Findings for external-data locations outside ``root`` (``..``, absolute, symlinks out), and the
+    external files that are inside."""
+    return _check_external(onnx_path, info.external_locations, root, label=label)
 
 
 def _count_onnx(w: Weights) -> None:
@@ -254,7 +238,7 @@ def _tensors_in(obj: object, prefix: str = "", depth: int = 0) -> list[tuple[str
 
 def _count_pickled(w: Weights) -> None:
     for f in w.files:
-        w.safety.extend(scan_pickle(f, label=relative_name(f, w.root)))
+        w.safety.extend(scan_pickle_findings(f, label=relative_name(f, w.root)))
     if w.safety:
         w.notes.append("parameters not counted: the checkpoint is not safe to load (see safety)")
         return

@@ -35,6 +35,12 @@ class Manifest(BaseModel):
     task: str
     task_config: dict[str, Any]
     license: str
+    license_verdict: dict[str, Any] | None = Field(
+        default=None, description="commercial-use verdict and its conditions (kiln.analyze.license)"
+    )
+    allowed_findings: list[str] = Field(
+        default_factory=list, description="safety findings the user overrode with --allow-unsafe"
+    )
     source: SourceRecord
     machine: dict[str, Any] = Field(default_factory=dict)
     evaluation: EvalRecord | None = None

@@ -30,6 +30,8 @@ from rich.progress import (
 from kiln import __version__
 from kiln.analyze.facts import ModelFacts
 from kiln.analyze.inspect import inspect_model
+from kiln.analyze.license import license_warning
+from kiln.analyze.safety import refuse_unsafe
 from kiln.bench.latency import interleaved_latency
 from kiln.bench.memory import peak_rss_mb
 from kiln.bench.parity import check_parity, judge_parity, parity_inputs
@@ -68,6 +70,7 @@ class BuildOptions(BaseModel):
     threads: int = 0
     latency_seconds: float = Field(default=3.0, gt=0, description="measuring time per variant and batch size")
     measure_memory: bool = True
+    allow_unsafe: tuple[str, ...] = Field(default=(), description="safety finding ids the user accepts")
 
 
 @dataclass
@@ -139,16 +142,15 @@ def build(opts: BuildOptions, console: Console | None = None) -> BuildResult:
         raise TaskError(f"{model_dir} is a single file; task embed needs a Hugging Face model folder")
     check_embed_config(model_dir)
     facts = inspect_model(source)
-    if facts.safety:
-        raise TaskError(
-            f"{model_dir} has unsafe files; kiln will not load it:\n  " + "\n  ".join(facts.safety)
-        )
+    allowed = refuse_unsafe(facts, allow=opts.allow_unsafe)  # UnsafeFileError names each finding
+    if facts.license_verdict is not None and (warning := license_warning(facts.license_verdict)):
+        console.print(f"[yellow]warning:[/] {warning}")
     name = bundle_name(source.model_id or source.spec)
     out = Path(opts.out) if opts.out else settings.bundles_dir / name
     settings.home.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=settings.home))
     try:
-        return _BuildRun(opts, console, source, facts, name, out, work).run()
+        return _BuildRun(opts, console, source, facts, name, out, work, [f.id for f in allowed]).run()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -187,8 +189,10 @@ class _BuildRun:
         name: str,
         out: Path,
         work: Path,
+        allowed_findings: list[str],
     ) -> None:
         self.opts, self.console, self.source, self.facts = opts, console, source, facts
+        self.allowed_findings = allowed_findings
         self.name, self.out, self.work = name, out, work
         self.model_dir = Path(source.path)
         self.max_length = int(min(facts.max_sequence_length or 256, 512))
@@ -352,6 +356,8 @@ class _BuildRun:
             task=TASK_NAME,
             task_config=config.model_dump(),
             license=self.facts.license,
+            license_verdict=self.facts.license_verdict.model_dump() if self.facts.license_verdict else None,
+            allowed_findings=self.allowed_findings,
             source=SourceRecord(
                 kind=self.source.kind,
                 spec=self.source.spec,

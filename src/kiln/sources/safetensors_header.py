@@ -2,6 +2,10 @@
 
 Layout: 8 bytes little-endian u64 ``N``, then ``N`` bytes of JSON ``{name: {dtype, shape, data_offsets}}``
 (plus an optional ``__metadata__`` of strings), then the raw data. Offsets are relative to the data start.
+
+Sanity limits (a header past them is refused, not trusted): at most ``MAX_HEADER_BYTES`` of header and
+``MAX_TENSORS`` tensors of at most ``MAX_DIMS`` dimensions; every tensor's byte span matches its dtype and
+shape, lies inside the file, and no two tensors overlap.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 from kiln.errors import UnsupportedFormatError
 
 MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors library itself enforces
+MAX_TENSORS = 1_000_000  # far more than any real checkpoint (a 405B model shard holds a few thousand)
+MAX_DIMS = 64
 
 # bytes per element; sub-byte types as fractions
 DTYPE_WIDTH: dict[str, float] = {
@@ -108,7 +114,11 @@ def _tensor(path: Path, name: str, info: object) -> SafetensorsTensor:
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if not isinstance(dtype, str):
         raise _corrupt(path, f"tensor {name!r} has no dtype")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
         raise _corrupt(path, f"tensor {name!r} has an invalid shape {shape!r}")
     if (
         not isinstance(offsets, list)
@@ -152,11 +162,17 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
 
     metadata_raw = header.pop("__metadata__", None) or {}
     metadata = {str(k): str(v) for k, v in metadata_raw.items()} if isinstance(metadata_raw, dict) else {}
+    if len(header) > MAX_TENSORS:
+        raise _corrupt(path, f"its header lists {len(header)} tensors (more than {MAX_TENSORS})")
     tensors = {name: _tensor(path, name, info) for name, info in header.items()}
     data_bytes = size - 8 - n
     end = max((t.end for t in tensors.values()), default=0)
     if end > data_bytes:
         raise _corrupt(path, f"its tensors need {end} bytes of data but only {data_bytes} are present")
+    spans = sorted((t.begin, t.end, t.name) for t in tensors.values() if t.end > t.begin)
+    for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:], strict=False):
+        if begin_b < end_a:
+            raise _corrupt(path, f"tensors {name_a!r} and {name_b!r} overlap in the data")
     return SafetensorsHeader(
         path=path, header_bytes=n, data_bytes=data_bytes, tensors=tensors, metadata=metadata
     )

@@ -261,3 +261,44 @@ def test_default_model_count_matches_transformers() -> None:
     model = transformers.AutoModel.from_pretrained(str(DEFAULT_DIR))
     assert sum(p.numel() for p in model.parameters()) == MINILM_PARAMETERS
     assert inspect_model(DEFAULT_DIR).parameters == MINILM_PARAMETERS
+
+
+def test_onnx_external_data_symlinked_out_of_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "secret.bin").write_bytes(b"\x00" * 48)
+    write_onnx(tmp_path / "m" / "model.onnx", external_location="weights.bin")
+    (tmp_path / "m" / "weights.bin").symlink_to(tmp_path / "secret.bin")
+    facts = inspect_model(tmp_path / "m")
+    [f] = facts.safety_findings
+    assert (f.kind, f.id, f.severity) == ("onnx-external-data", "onnx-external-data:weights.bin", "high")
+    assert "through a symlink" in f.detail
+
+
+def test_onnx_external_data_symlinked_into_a_hub_cache_blob_is_fine(tmp_path: Path) -> None:
+    snap = tmp_path / "models--a--b" / "snapshots" / ("c" * 40)
+    (tmp_path / "models--a--b" / "blobs").mkdir(parents=True)
+    (tmp_path / "models--a--b" / "blobs" / "abc").write_bytes(b"\x00" * 48)
+    write_onnx(snap / "model.onnx", external_location="model.onnx.data")
+    (snap / "model.onnx.data").symlink_to(tmp_path / "models--a--b" / "blobs" / "abc")
+    assert inspect_model(snap).safety_findings == []
+
+
+def test_findings_and_verdict_in_facts(tmp_path: Path) -> None:
+    from kiln.analyze.safety import refuse_unsafe
+    from kiln.errors import UnsafeFileError
+
+    folder = write_hf_folder(tmp_path / "tiny", license_id="llama3.1")
+    (folder / "training_args.bin").write_bytes(EVIL_GLOBAL_PICKLE)
+    facts = inspect_model(folder)
+    assert facts.license_verdict is not None
+    assert (facts.license_verdict.verdict, facts.license_verdict.source) == (
+        "conditional",
+        "README.md: license",
+    )
+    [f] = facts.safety_findings
+    assert f.id == "pickle-import:os.system" and facts.safety == [f.message]
+    with pytest.raises(UnsafeFileError, match=r"--allow-unsafe pickle-import:os\.system"):
+        refuse_unsafe(facts)
+    assert refuse_unsafe(facts, allow=["pickle-import:os.system"]) == [f]
+    assert facts.unsafe(["pickle-import:os.system"]) == []
+    again = type(facts).model_validate_json(facts.model_dump_json())
+    assert again == facts

@@ -39,10 +39,10 @@ def test_pickle_and_torch_zip(tmp_path: Path) -> None:
     assert detect_format(write_torch_zip(tmp_path / "x.onnx", EVIL_GLOBAL_PICKLE)) == "pytorch-zip"
 
 
-def test_zip_without_data_pkl_is_unknown(tmp_path: Path) -> None:
+def test_zip_without_data_pkl_is_a_plain_zip(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
         zf.writestr("readme.txt", "hi")
-    assert detect_format(tmp_path / "a.zip") == "unknown"
+    assert detect_format(tmp_path / "a.zip") == "zip"
 
 
 def test_folders(tmp_path: Path) -> None:
@@ -89,3 +89,35 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_missing_path(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match=r"no such file or folder"):
         detect_format(tmp_path / "nope")
+
+
+def test_more_formats_by_content(tmp_path: Path) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    import numpy as np
+
+    (tmp_path / "p0.bin").write_bytes(pickle.dumps({"a": [1, 2]}, protocol=0))
+    (tmp_path / "p1.bin").write_bytes(pickle.dumps({"a": [1, 2]}, protocol=1))
+    (tmp_path / "inst.txt").write_bytes(b"(S'x'\nios\nsystem\n.")
+    np.save(tmp_path / "a.npy", np.arange(3))
+    (tmp_path / "a.npy").rename(tmp_path / "a.safetensors")
+    np.savez(tmp_path / "b.npz", x=np.arange(3))
+    with tarfile.open(tmp_path / "c.pt", "w") as tf:
+        info = tarfile.TarInfo("pickle")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"N."))
+    (tmp_path / "d.bin").write_bytes(b"7z\xbc\xaf\x27\x1c" + b"\x00" * 32)
+    (tmp_path / "e.onnx").write_bytes(gzip.compress(b"hello"))
+    expected = {
+        "p0.bin": "pickle",
+        "p1.bin": "pickle",
+        "inst.txt": "pickle",
+        "a.safetensors": "npy",
+        "b.npz": "npz",
+        "c.pt": "tar",
+        "d.bin": "7z",
+        "e.onnx": "compressed",
+    }
+    assert {name: detect_format(tmp_path / name) for name in expected} == expected

@@ -89,7 +89,7 @@ def test_corrupt_zip_is_a_finding(tmp_path: Path) -> None:
 
 def test_assert_safe_raises_kiln_error(tmp_path: Path) -> None:
     path = _write(tmp_path, "evil.bin", EVIL_GLOBAL_PICKLE)
-    with pytest.raises(UnsafeFileError, match=r"evil\.bin is not safe to load: .*os\.system"):
+    with pytest.raises(UnsafeFileError, match=r"(?s)evil\.bin is not safe to load:.*os\.system"):
         assert_safe(path)
     assert not hasattr(pickle_scan, "UnsafeFileError") or pickle_scan.UnsafeFileError is UnsafeFileError
 

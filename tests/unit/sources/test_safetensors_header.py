@@ -79,3 +79,37 @@ def test_looks_like_safetensors() -> None:
     assert not looks_like_safetensors(struct.pack("<Q", 100) + b"[")
     assert not looks_like_safetensors(struct.pack("<Q", 1 << 40) + b"{")
     assert not looks_like_safetensors(b"{")
+
+
+def test_overlapping_tensors_are_rejected(tmp_path: Path) -> None:
+    header = {
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+    }
+    with pytest.raises(UnsupportedFormatError, match=r"overlap"):
+        read_safetensors_header(_raw(tmp_path / "m.st", header, b"\x00" * 12))
+
+
+def test_tensor_count_and_rank_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln.sources import safetensors_header
+
+    monkeypatch.setattr(safetensors_header, "MAX_TENSORS", 2)
+    header = {f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(3)}
+    with pytest.raises(UnsupportedFormatError, match=r"lists 3 tensors \(more than 2\)"):
+        read_safetensors_header(_raw(tmp_path / "m.st", header, b"\x00" * 3))
+    deep = {"w": {"dtype": "U8", "shape": [1] * 65, "data_offsets": [0, 1]}}
+    with pytest.raises(UnsupportedFormatError, match=r"invalid shape"):
+        read_safetensors_header(_raw(tmp_path / "n.st", deep, b"\x00"))
+
+
+def test_bad_header_in_a_folder_is_a_safety_finding(tmp_path: Path) -> None:
+    from kiln.sources.scan import scan_path
+
+    header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+    _raw(tmp_path / "extra.safetensors", header, b"\x00" * 4)
+    [f] = scan_path(tmp_path)
+    assert (f.kind, f.path, f.id) == (
+        "safetensors-header",
+        "extra.safetensors",
+        "safetensors-header:extra.safetensors",
+    )
