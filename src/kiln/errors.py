@@ -12,7 +12,8 @@
     └── RequestError                a request to the server is malformed (serve/ maps these to HTTP)
         ├── InvalidInputError       wrong tensor name, shape, datatype or content
         ├── PayloadTooLargeError    too many items or bytes in one request
-        └── UnknownModelError       the request names a model the server does not have
+        ├── UnknownModelError       the request names a model the server does not have
+        └── OverloadedError         the model's queue is full: retry after ``retry_after`` seconds
 
 Nothing here imports a web framework: only ``kiln.serve`` maps these to status codes.
 """
@@ -70,3 +71,11 @@ class PayloadTooLargeError(RequestError):
 
 class UnknownModelError(RequestError):
     """A request names a model the server does not have."""
+
+
+class OverloadedError(RequestError):
+    """A model's request queue is full; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))

@@ -17,6 +17,16 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not an integer") from exc
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a number") from exc
+
+
 def _default_home() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
@@ -33,6 +43,9 @@ class Settings:
     ``KILN_MAX_BATCH_ITEMS``    most texts one request may carry
     ``KILN_MAX_REQUEST_BYTES``  largest request body the server accepts
     ``KILN_MAX_TEXT_CHARS``     longest single text accepted
+    ``KILN_MAX_BATCH_SIZE``     most texts (from any number of requests) in one model call
+    ``KILN_MAX_WAIT_MS``        longest a text waits for its batch to fill (milliseconds)
+    ``KILN_MAX_QUEUE``          most texts waiting per model; past it requests get 429 + Retry-After
     """
 
     home: Path = field(default_factory=_default_home)
@@ -40,6 +53,9 @@ class Settings:
     max_batch_items: int = 256
     max_request_bytes: int = 8 * 1024 * 1024
     max_text_chars: int = 100_000
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024
 
     @property
     def bundles_dir(self) -> Path:
@@ -54,4 +70,7 @@ class Settings:
             max_batch_items=_int("KILN_MAX_BATCH_ITEMS", 256),
             max_request_bytes=_int("KILN_MAX_REQUEST_BYTES", 8 * 1024 * 1024),
             max_text_chars=_int("KILN_MAX_TEXT_CHARS", 100_000),
+            max_batch_size=_int("KILN_MAX_BATCH_SIZE", 32),
+            max_wait_ms=_float("KILN_MAX_WAIT_MS", 2.0),
+            max_queue=_int("KILN_MAX_QUEUE", 1024),
         )

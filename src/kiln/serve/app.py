@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from kiln.bundle.load import Bundle
+from kiln.serve.batching import BatchConfig
 from kiln.serve.dataplane import DataPlane, Limits
 from kiln.serve.errors import EXCEPTION_HANDLERS, ErrorBoundary
 from kiln.serve.metrics import Metrics, MetricsMiddleware
@@ -26,8 +28,10 @@ def build_app(dataplane: DataPlane, settings: Settings, metrics: Metrics | None 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        dataplane.start()
         yield
         dataplane.drain()
+        await anyio.to_thread.run_sync(dataplane.stop)
 
     app = Starlette(
         routes=[
@@ -48,7 +52,12 @@ def build_app(dataplane: DataPlane, settings: Settings, metrics: Metrics | None 
 def create_app(bundle: Bundle, settings: Settings) -> Starlette:
     """Load the bundle's model (with one warm-up batch) and return the app that serves it."""
     metrics = Metrics()
-    dataplane = DataPlane(Limits.from_settings(settings), observer=metrics.observe_inference)
+    dataplane = DataPlane(
+        Limits.from_settings(settings),
+        observer=metrics.observe_inference,
+        batching=BatchConfig.from_settings(settings),
+        queue_observer=metrics.observe_queue,
+    )
     info, model = load_embed_model(bundle, threads=settings.threads)
     dataplane.add(info, model)
     return build_app(dataplane, settings, metrics)

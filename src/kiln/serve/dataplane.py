@@ -1,8 +1,12 @@
 """One protocol-agnostic dataplane: the loaded models, their metadata, readiness, limits and inference.
 
 Protocol adapters (``v2_rest``, ``openai_routes``) turn requests into plain Python values, call the
-dataplane and encode its answers; nothing here knows about HTTP. Inference runs in a worker thread so the
-event loop (and with it the health probes) stays responsive while a batch is computed.
+dataplane and encode its answers; nothing here knows about HTTP. ``ainfer`` queues a request's texts with
+the model's ``TextBatcher`` (batching.py): texts of concurrent requests run together, in length buckets,
+on the model's own worker thread, so the event loop (and with it the health probes) stays responsive.
+One model call runs at a time in the whole dataplane: ONNX Runtime already uses every core per call.
+``start()`` / ``stop()`` start and stop the worker threads (the app's lifespan calls them; ``ainfer``
+also starts a worker that is not running).
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import anyio.to_thread
 import numpy as np
 
 from kiln.errors import InvalidInputError, PayloadTooLargeError, UnknownModelError
+from kiln.serve.batching import BatchConfig, TextBatcher
 from kiln.settings import Settings
 
 DEFAULT_VERSION = "1"
@@ -81,25 +85,36 @@ class Inference:
 
 
 InferenceObserver = Callable[[str, int, float], None]
-"""Called after each inference with (model name, number of items, seconds)."""
+"""Called after each model call (one batch) with (model name, number of texts, seconds)."""
+QueueDepthObserver = Callable[[str, int], None]
+"""Called with (model name, texts waiting) whenever a model's queue depth changes."""
 
 
 class _Served:
-    """A model with its metadata; one batch at a time (ONNX Runtime already uses every core per batch)."""
+    """A model with its metadata and its batcher."""
 
-    def __init__(self, info: ModelInfo, model: TextModel) -> None:
+    def __init__(self, info: ModelInfo, model: TextModel, batcher: TextBatcher) -> None:
         self.info = info
         self.model = model
-        self.lock = threading.Lock()
+        self.batcher = batcher
 
 
 class DataPlane:
-    def __init__(self, limits: Limits | None = None, observer: InferenceObserver | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        observer: InferenceObserver | None = None,
+        batching: BatchConfig | None = None,
+        queue_observer: QueueDepthObserver | None = None,
+    ) -> None:
         self.limits = limits or Limits()
+        self.batching = batching or BatchConfig()
         self._observer = observer
+        self._queue_observer = queue_observer
         self._models: dict[str, _Served] = {}
         self._names: dict[str, str] = {}
         self._draining = False
+        self._compute = threading.Lock()  # one model call at a time, across models: no oversubscription
 
     # -- models -------------------------------------------------------------------------------------
     def add(self, info: ModelInfo, model: TextModel) -> None:
@@ -108,9 +123,36 @@ class DataPlane:
             owner = self._names.get(key)
             if owner is not None and owner != info.name:
                 raise ValueError(f"model name {key!r} is already taken by {owner!r}")
-        self._models[info.name] = _Served(info, model)
+        batcher = TextBatcher(
+            info.name,
+            run=lambda texts: self._embed(info.name, texts),
+            count_tokens=model.count_tokens,
+            config=self.batching,
+            on_queue=self._queue_callback(info.name),
+        )
+        self._models[info.name] = _Served(info, model, batcher)
         for key in (info.name, *info.aliases):
             self._names.setdefault(key, info.name)
+
+    def _queue_callback(self, name: str) -> Callable[[int], None] | None:
+        observer = self._queue_observer
+        if observer is None:
+            return None
+        return lambda depth: observer(name, depth)
+
+    def start(self) -> None:
+        """Start every model's batching worker thread."""
+        for served in self._models.values():
+            served.batcher.start()
+
+    def stop(self) -> None:
+        """Run what is queued, then stop the worker threads (blocks: call it off the event loop)."""
+        for served in self._models.values():
+            served.batcher.stop()
+
+    def queue_depth(self, name: str) -> int:
+        """Texts waiting for a batch of model ``name``."""
+        return self._models[self.resolve(name).name].batcher.depth
 
     @property
     def model_names(self) -> list[str]:
@@ -175,20 +217,27 @@ class DataPlane:
                     ) from None
 
     def infer(self, model_name: str, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of ``texts`` (float32 ``[n, dim]``), computed in the calling thread."""
-        return self._run(model_name, list(texts), with_tokens=False).embeddings
+        """Embeddings of ``texts`` (float32 ``[n, dim]``), computed in the calling thread (no batching)."""
+        items = list(texts)
+        name = self.resolve(model_name).name
+        self.check_texts(items)
+        return self._embed(name, items)
 
     async def ainfer(self, model_name: str, texts: Sequence[str], *, with_tokens: bool = False) -> Inference:
-        """Like :meth:`infer`, in a worker thread; optionally counts the tokens the texts cost."""
+        """Embeddings of ``texts``, batched with other requests' texts off the event loop; optionally the
+        tokens they cost. Raises ``OverloadedError`` at once when the model's queue is full."""
         items = list(texts)
-        self.resolve(model_name)
-        self.check_texts(items)  # fail fast, before taking a worker thread
-        return await anyio.to_thread.run_sync(self._run, model_name, items, with_tokens)
-
-    def _run(self, model_name: str, texts: list[str], with_tokens: bool) -> Inference:
         served = self._models[self.resolve(model_name).name]
-        self.check_texts(texts)
-        with served.lock:
+        self.check_texts(items)  # fail fast, before queueing
+        result = await served.batcher.submit(items)
+        return Inference(
+            embeddings=result.embeddings, prompt_tokens=sum(result.tokens) if with_tokens else None
+        )
+
+    def _embed(self, name: str, texts: list[str]) -> np.ndarray:
+        """One model call: float32 rows in input order, shape-checked and observed."""
+        served = self._models[name]
+        with self._compute:
             start = time.perf_counter()
             embeddings = np.ascontiguousarray(served.model.embed(texts), dtype=np.float32)
             seconds = time.perf_counter() - start
@@ -197,7 +246,6 @@ class DataPlane:
                 f"model {served.info.name!r} returned shape {embeddings.shape} for {len(texts)} texts; "
                 f"expected ({len(texts)}, {served.info.dimension})"
             )
-        tokens = sum(served.model.count_tokens(texts)) if with_tokens else None
         if self._observer is not None:
             self._observer(served.info.name, len(texts), seconds)
-        return Inference(embeddings=embeddings, prompt_tokens=tokens)
+        return embeddings

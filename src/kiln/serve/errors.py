@@ -2,6 +2,7 @@
 
 UnknownModelError       404
 PayloadTooLargeError    413
+OverloadedError         429, with ``Retry-After: <seconds>``
 other RequestError      400
 anything else           500, generic message; the traceback goes to the server log only
 
@@ -20,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiln.errors import KilnError, PayloadTooLargeError, RequestError, UnknownModelError
+from kiln.errors import KilnError, OverloadedError, PayloadTooLargeError, RequestError, UnknownModelError
 
 log = logging.getLogger("kiln.serve")
 
@@ -42,13 +43,15 @@ def status_for(exc: BaseException) -> int:
         return 404
     if isinstance(exc, PayloadTooLargeError):
         return 413
+    if isinstance(exc, OverloadedError):
+        return 429
     if isinstance(exc, RequestError):
         return 400
     return 500
 
 
 def _openai_code(status: int) -> str | None:
-    return {404: "model_not_found", 413: "request_too_large"}.get(status)
+    return {404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}.get(status)
 
 
 def error_body(path: str, status: int, message: str, param: str | None = None) -> dict[str, Any]:
@@ -79,6 +82,9 @@ def _kiln_response(request: Request, exc: BaseException, param: str | None = Non
     if status >= 500:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(request.url.path, status, INTERNAL_MESSAGE)
+    if isinstance(exc, OverloadedError):  # no field of the request is at fault
+        headers = {"Retry-After": str(exc.retry_after)}
+        return error_response(request.url.path, status, str(exc), None, headers)
     return error_response(request.url.path, status, str(exc), param)
 
 

@@ -4,6 +4,8 @@
     kiln_http_request_duration_seconds{method, route, model, status}  wall time per request
     kiln_inference_items_total{model}                                 texts embedded
     kiln_inference_duration_seconds{model}                            model time per batch
+    kiln_batch_size{model}                                            texts per model call (histogram)
+    kiln_queue_depth{model}                                           texts waiting for a batch (gauge)
 
 ``route`` is the route template (``/v2/models/{model_name}/infer``), never the raw path, and ``model`` is
 the served model's canonical name (empty when a request names no served model), so label sets stay small.
@@ -14,7 +16,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
@@ -24,6 +33,7 @@ MODEL_KEY = "kiln_model"
 UNMATCHED = "<unmatched>"
 CLIENT_CLOSED = 499  # no response was sent: the client went away (nginx's convention)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -51,6 +61,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "kiln_batch_size",
+            "texts per model call (one batch may hold texts from several requests)",
+            ("model",),
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "kiln_queue_depth", "texts waiting for a batch", ("model",), registry=self.registry
+        )
 
     def observe_request(self, method: str, route: str, model: str, status: int, seconds: float) -> None:
         labels = {"method": method, "route": route, "model": model, "status": str(status)}
@@ -60,6 +80,10 @@ class Metrics:
     def observe_inference(self, model: str, items: int, seconds: float) -> None:
         self.items.labels(model=model).inc(items)
         self.inference.labels(model=model).observe(seconds)
+        self.batch_size.labels(model=model).observe(items)
+
+    def observe_queue(self, model: str, depth: int) -> None:
+        self.queue_depth.labels(model=model).set(depth)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

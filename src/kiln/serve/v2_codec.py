@@ -94,6 +94,18 @@ def decode_bytes_tensor(raw: bytes, count: int, name: str) -> list[str]:
     return out
 
 
+def text_count(shape: Sequence[int], name: str) -> int:
+    """How many texts a BYTES input of ``shape`` holds; it must be ``[n]`` or ``[n, 1]``."""
+    if any(d < 0 for d in shape) or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise InvalidInputError(f"input {name!r} has shape {list(shape)}; it takes [n] (or [n, 1]) texts")
+    return math.prod(shape)
+
+
+def little_endian_bytes(array: np.ndarray) -> bytes:
+    """A numeric tensor's raw contents: flattened, row-major, little-endian."""
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
 def _flatten_strings(data: Any, name: str) -> list[str]:
     if not isinstance(data, list):
         data = [data]
@@ -116,9 +128,7 @@ def _shape(tensor: dict[str, Any], spec: TensorSpec) -> int:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidInputError(f'input {spec.name!r} needs "shape": a list of integers, e.g. [2]')
-    if any(d < 0 for d in shape) or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-        raise InvalidInputError(f"input {spec.name!r} has shape {shape}; it takes [n] (or [n, 1]) texts")
-    return math.prod(shape)
+    return text_count(shape, spec.name)
 
 
 def _parse_input(tensor: Any, spec: TensorSpec, binary: bytes, offset: int) -> tuple[list[str], int]:
@@ -233,7 +243,7 @@ def encode_infer_response(
             "shape": list(array.shape),
         }
         if requested.binary:
-            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            raw = little_endian_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:

@@ -1,0 +1,156 @@
+"""``inference.GRPCInferenceService`` (Open Inference Protocol v2 over gRPC) over the dataplane.
+
+Runs on ``grpc.aio``: inference awaits ``DataPlane.ainfer``, so the event loop, and with it the health
+RPCs, stays responsive while a batch is computed. kiln errors map to gRPC status codes:
+
+UnknownModelError       NOT_FOUND
+PayloadTooLargeError    RESOURCE_EXHAUSTED  (too many texts; a message over the size limit gets the same
+                                             code from gRPC itself)
+OverloadedError         RESOURCE_EXHAUSTED  (queue full; trailing metadata ``retry-after: <seconds>``)
+other RequestError      INVALID_ARGUMENT
+anything else           INTERNAL, generic message; the traceback goes to the server log only
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from kiln import __version__
+from kiln.errors import OverloadedError, PayloadTooLargeError, RequestError, UnknownModelError
+from kiln.serve.dataplane import DEFAULT_VERSION, DataPlane
+from kiln.serve.grpc import codec
+from kiln.serve.grpc import grpc_predict_v2_pb2 as pb
+from kiln.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+log = logging.getLogger("kiln.serve")
+
+SERVER_NAME = "kiln"
+EXTENSIONS: tuple[str, ...] = ()
+"""gRPC extensions served (``binary_tensor_data`` is REST's; raw contents are core gRPC)."""
+INTERNAL_MESSAGE = "internal server error; the server log has the details"
+GRACE_SECONDS = 10.0
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+_Handler = Callable[[Any, _Request, grpc.aio.ServicerContext], Awaitable[_Response]]
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status code and message a failed RPC answers with."""
+    if isinstance(exc, UnknownModelError):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, (PayloadTooLargeError, OverloadedError)):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, RequestError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def _mapped_errors(handler: _Handler[_Request, _Response]) -> _Handler[_Request, _Response]:
+    """Turn an exception raised by ``handler`` into the RPC's status (``status_for``)."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: _Request, context: grpc.aio.ServicerContext) -> _Response:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = status_for(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.error("gRPC %s failed", handler.__name__, exc_info=exc)
+            if isinstance(exc, OverloadedError):
+                context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
+            await context.abort(code, message)
+            raise AssertionError("unreachable: context.abort raises") from None
+
+    return wrapper
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """The six RPCs of the Open Inference Protocol's gRPC API, over one dataplane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    @_mapped_errors
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.is_live())
+
+    @_mapped_errors
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.is_ready())
+
+    @_mapped_errors
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        info = self.dataplane.resolve(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=self.dataplane.is_ready(info.name, request.version or None))
+
+    @_mapped_errors
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS))
+
+    @_mapped_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        return codec.model_metadata(self.dataplane.resolve(request.name, request.version or None))
+
+    @_mapped_errors
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        info = self.dataplane.resolve(request.model_name, request.model_version or None)
+        parsed = codec.parse_infer_request(request, info)
+        result = await self.dataplane.ainfer(info.name, parsed.texts)
+        arrays = {info.outputs[0].name: result.embeddings}
+        tensors = [(out, arrays[out.name]) for out in parsed.outputs]
+        version = request.model_version or DEFAULT_VERSION
+        return codec.encode_infer_response(info.name, version, parsed.id, tensors)
+
+
+def address(host: str, port: int) -> str:
+    """``host:port`` as gRPC wants it (IPv6 hosts in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def create_grpc_server(dataplane: DataPlane, max_message_bytes: int) -> grpc.aio.Server:
+    """A ``grpc.aio`` server (not yet bound or started) serving ``dataplane``.
+
+    Call it with an event loop running. A request message over ``max_message_bytes`` is refused by gRPC
+    with RESOURCE_EXHAUSTED before it reaches kiln.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a port already in use is an error, never silently shared
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(dataplane), server)
+    return server
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Listen on ``host:port`` (port 0: any free port); the port bound, or ``OSError`` saying why not."""
+    where = address(host, port)
+    try:
+        bound = int(server.add_insecure_port(where))
+    except RuntimeError as exc:  # grpc reports "Failed to bind to address ..." as RuntimeError
+        raise OSError(f"cannot listen for gRPC on {where}: {exc} (is the port in use?)") from None
+    if bound == 0:  # older grpc versions return 0 instead of raising
+        raise OSError(f"cannot listen for gRPC on {where} (is the port in use?)")
+    return bound
