@@ -9,6 +9,7 @@
     ├── DataError                   evaluation data missing, empty or malformed
     ├── BuildError                  export / optimisation / evaluation failed
     ├── BundleError                 a bundle is incomplete, tampered with or from an unknown version
+    ├── PlanError                   no plan can be made (missing config, unknown target, bad catalog)
     └── RequestError                a request to the server is malformed (serve/ maps these to HTTP)
         ├── InvalidInputError       wrong tensor name, shape, datatype or content
         ├── PayloadTooLargeError    too many items or bytes in one request
@@ -55,6 +56,10 @@ class BuildError(KilnError):
 
 class BundleError(KilnError):
     """A bundle is incomplete, was modified after it was written, or cannot be read."""
+
+
+class PlanError(KilnError):
+    """A plan cannot be made: the message says what was wrong and what to do."""
 
 
 class RequestError(KilnError):

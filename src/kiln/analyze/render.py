@@ -19,12 +19,12 @@ _VERDICT_STYLE = {"allowed": "green", "conditional": "yellow", "not-allowed": "r
 
 
 def human_bytes(n: int) -> str:
-    """Sizes in powers of 1024: 90868376 -> "86.7 MB"."""
+    """Sizes in SI units (powers of 1000, as the labels say): 90868376 -> "90.9 MB"."""
     value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1024 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
+        value /= 1000
     raise AssertionError("unreachable")
 
 

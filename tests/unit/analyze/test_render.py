@@ -14,7 +14,7 @@ from kiln.analyze.render import facts_table, human_bytes, human_count
 
 @pytest.mark.parametrize(
     ("n", "text"),
-    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KB"), (90_868_376, "86.7 MB"), (5 * 1024**3, "5.0 GB")],
+    [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (90_868_376, "90.9 MB"), (5 * 1000**3, "5.0 GB")],
 )
 def test_human_bytes(n: int, text: str) -> None:
     assert human_bytes(n) == text
@@ -69,9 +69,9 @@ def test_table_shows_the_facts() -> None:
         "hf-folder (safetensors)",
         "BertModel (bert)",
         "22.7 M (22,713,216)",
-        "86.7 MB in 1 file(s)",
-        "fp32 86.6 MB",
-        "int4 10.8 MB",
+        "90.9 MB in 1 file(s)",
+        "fp32 90.9 MB",
+        "int4 11.4 MB",
         "256",
         "WordPiece",
         "apache-2.0 (permissive)",
