@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,23 +47,50 @@ def wait_ready(server: Server, seconds: float = 60) -> None:
     pytest.fail(f"kiln serve was not ready after {seconds}s:\n{server.log.read_text()}")
 
 
-@contextmanager
-def running_server(bundle: Path, log_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
-    """``python -m kiln.cli serve BUNDLE`` on a free port; yields once /v2/health/ready answers 200."""
-    log = log_dir / "server.log"
-    port = free_port()
+def start_server(
+    bundle: Path,
+    log: Path,
+    port: int,
+    extra_env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m kiln.cli serve BUNDLE --host 127.0.0.1 --port PORT [EXTRA_ARGS]``.
+
+    Output goes to ``log``; the caller waits for it (:func:`wait_ready`), stops it (:func:`stop_server`).
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     cmd = [sys.executable, "-m", "kiln.cli", "serve", str(bundle), "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen([*cmd, *extra_args], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
+
+
+@contextmanager
+def running_server(
+    bundle: Path,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> Iterator[Server]:
+    """``kiln serve BUNDLE`` on a free port; yields once /v2/health/ready answers 200, always stops it.
+
+    ``extra_args`` go after the standard ones, e.g. ``["--grpc-port", str(free_port())]``.
+    """
+    log = log_dir / "server.log"
+    port = free_port()
+    proc = start_server(bundle, log, port, extra_env, extra_args)
     server = Server(proc=proc, port=port, log=log)
     try:
         wait_ready(server)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_server(proc)

@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _fixtures.embeddings import bundle_embeddings
 from _fixtures.server_process import Server, running_server
 from kiln.bundle.load import load_bundle
-from kiln.runtime.embedder import OnnxEmbedder
-from kiln.runtime.onnx_backend import OnnxBackend
-from kiln.runtime.tokenizer import TextTokenizer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -28,15 +26,11 @@ def server(default_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def expected(default_bundle: Path) -> np.ndarray:
-    b = load_bundle(default_bundle)
-    tok = TextTokenizer(b.tokenizer_path, int(b.manifest.task_config["max_length"]))
-    return OnnxEmbedder(OnnxBackend(b.artifact_path), tok).embed(TEXTS)
+    return bundle_embeddings(default_bundle, TEXTS)
 
 
 def alone(default_bundle: Path, text: str) -> np.ndarray:
-    b = load_bundle(default_bundle)
-    tok = TextTokenizer(b.tokenizer_path, int(b.manifest.task_config["max_length"]))
-    return OnnxEmbedder(OnnxBackend(b.artifact_path), tok).embed([text])[0]
+    return bundle_embeddings(default_bundle, [text])[0]
 
 
 def _model(default_bundle: Path) -> str:

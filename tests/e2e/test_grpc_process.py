@@ -1,12 +1,9 @@
-"""run_server with gRPC as a real process on free ports, called with tritonclient.grpc (raw contents)."""
+"""`kiln serve --grpc-port` as a real process on free ports, called with tritonclient.grpc (raw contents)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,13 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
-from _fixtures.server_process import Server, free_port, wait_ready
+from _fixtures.embeddings import bundle_embeddings
+from _fixtures.server_process import Server, free_port, running_server, start_server
 from _fixtures.tiny_bundle import TINY_DIM, TINY_MAX_LENGTH
 from kiln import __version__
-from kiln.bundle.load import load_bundle
-from kiln.runtime.embedder import OnnxEmbedder
-from kiln.runtime.onnx_backend import OnnxBackend
-from kiln.runtime.tokenizer import TextTokenizer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -30,7 +24,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 
 MODEL = "tiny-embed"
 TEXTS = ["The quick brown fox jumps over the lazy dog", "hello world", "kiln serves fast small embeddings"]
-SERVE = "import sys; from kiln.serve.server import run_server; run_server(sys.argv[1], '127.0.0.1', {}, {})"
+ENV = {"KILN_THREADS": "1"}
 
 
 @dataclass
@@ -39,29 +33,12 @@ class GrpcServer:
     grpc_port: int
 
 
-def _start(bundle: Path, log: Path, http_port: int, grpc_port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KILN_THREADS": "1"}
-    cmd = [sys.executable, "-c", SERVE.format(http_port, grpc_port), str(bundle)]
-    with open(log, "wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
 @contextmanager
 def running(bundle: Path, log_dir: Path) -> Iterator[GrpcServer]:
-    log = log_dir / "server.log"
-    http_port, grpc_port = free_port(), free_port()
-    proc = _start(bundle, log, http_port, grpc_port)
-    server = Server(proc=proc, port=http_port, log=log)
-    try:
-        wait_ready(server)  # gRPC starts before HTTP: HTTP ready means gRPC listens
-        yield GrpcServer(server, grpc_port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    """``kiln serve BUNDLE --grpc-port G`` on free ports (gRPC starts before HTTP: ready means it listens)."""
+    grpc_port = free_port()
+    with running_server(bundle, log_dir, ENV, ["--grpc-port", str(grpc_port)]) as http:
+        yield GrpcServer(http, grpc_port)
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +49,7 @@ def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def expected(tiny_bundle: Path) -> np.ndarray:
-    bundle = load_bundle(tiny_bundle)
-    embedder = OnnxEmbedder(
-        OnnxBackend(bundle.artifact_path), TextTokenizer(bundle.tokenizer_path, TINY_MAX_LENGTH)
-    )
-    return embedder.embed(TEXTS)
+    return bundle_embeddings(tiny_bundle, TEXTS, TINY_MAX_LENGTH)
 
 
 @pytest.fixture
@@ -157,7 +130,7 @@ def test_grpc_port_in_use_fails_startup(tiny_bundle: Path, tmp_path: Path) -> No
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = _start(tiny_bundle, log, free_port(), port)
+        proc = start_server(tiny_bundle, log, free_port(), ENV, ["--grpc-port", str(port)])
         assert proc.wait(timeout=60) == 3
     text = log.read_text()
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in text

@@ -10,12 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from _fixtures.embeddings import bundle_embeddings
 from _fixtures.server_process import Server, running_server
 from _fixtures.tiny_bundle import TINY_DIM, TINY_MAX_LENGTH
-from kiln.bundle.load import load_bundle
-from kiln.runtime.embedder import OnnxEmbedder
-from kiln.runtime.onnx_backend import OnnxBackend
-from kiln.runtime.tokenizer import TextTokenizer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -31,11 +28,7 @@ def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def expected(tiny_bundle: Path) -> np.ndarray:
-    bundle = load_bundle(tiny_bundle)
-    embedder = OnnxEmbedder(
-        OnnxBackend(bundle.artifact_path), TextTokenizer(bundle.tokenizer_path, TINY_MAX_LENGTH)
-    )
-    return embedder.embed(TEXTS)
+    return bundle_embeddings(tiny_bundle, TEXTS, TINY_MAX_LENGTH)
 
 
 @pytest.fixture

@@ -14,13 +14,11 @@ import grpc.aio
 import numpy as np
 import pytest
 
+from _fixtures.embeddings import bundle_embeddings
 from _fixtures.tiny_bundle import TINY_DIM, TINY_MAX_LENGTH
 from kiln import __version__
 from kiln.bundle.load import load_bundle
 from kiln.errors import OverloadedError
-from kiln.runtime.embedder import OnnxEmbedder
-from kiln.runtime.onnx_backend import OnnxBackend
-from kiln.runtime.tokenizer import TextTokenizer
 from kiln.serve.dataplane import DataPlane, Inference, Limits, ModelInfo, TensorSpec
 from kiln.serve.grpc import grpc_predict_v2_pb2 as pb
 from kiln.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -48,11 +46,7 @@ def dataplane(loaded: tuple[ModelInfo, EmbedModel]) -> Iterator[DataPlane]:
 
 @pytest.fixture(scope="module")
 def expected(tiny_bundle: Path) -> np.ndarray:
-    bundle = load_bundle(tiny_bundle)
-    embedder = OnnxEmbedder(
-        OnnxBackend(bundle.artifact_path), TextTokenizer(bundle.tokenizer_path, TINY_MAX_LENGTH)
-    )
-    return embedder.embed(TEXTS)
+    return bundle_embeddings(tiny_bundle, TEXTS, TINY_MAX_LENGTH)
 
 
 @asynccontextmanager

@@ -6,8 +6,6 @@ each still gets its own rows (to 1e-5) and its own ``usage``; /metrics shows que
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -16,33 +14,17 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from _fixtures.held_model import Held
 from _fixtures.tiny_bundle import tiny_reference_embeddings
 from kiln.bundle.load import load_bundle
 from kiln.serve.app import build_app, create_app
 from kiln.serve.batching import BatchConfig
-from kiln.serve.dataplane import DataPlane, TextModel
+from kiln.serve.dataplane import DataPlane
 from kiln.serve.metrics import Metrics
 from kiln.serve.models import load_embed_model
 from kiln.settings import Settings
 
 MODEL = "tiny-embed"
-
-
-class Held:
-    """The real model, with its first call held until ``release`` (so later requests queue up)."""
-
-    def __init__(self, model: TextModel) -> None:
-        self.model = model
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.started.set()
-        assert self.release.wait(10), "never released"
-        return self.model.embed(texts)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.model.count_tokens(texts)
 
 
 def v2_body(texts: list[str]) -> dict[str, object]:

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from _fixtures.embeddings import bundle_embeddings
 from _fixtures.tiny_bundle import TINY_DIM, TINY_MAX_LENGTH
+from _fixtures.v2_requests import binary_request
 from kiln import __version__
 from kiln.bundle.load import load_bundle
-from kiln.runtime.embedder import OnnxEmbedder
-from kiln.runtime.onnx_backend import OnnxBackend
-from kiln.runtime.tokenizer import TextTokenizer
 from kiln.serve.app import create_app
-from kiln.serve.v2_codec import HEADER_LENGTH, encode_bytes_tensor
+from kiln.serve.v2_codec import HEADER_LENGTH
 from kiln.settings import Settings
 
 TEXTS = ["The quick brown fox jumps over the lazy dog", "hello world", "héllo wörld ünknown"]
@@ -33,11 +32,7 @@ def client(tiny_bundle: Path) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def expected(tiny_bundle: Path) -> np.ndarray:
-    bundle = load_bundle(tiny_bundle)
-    embedder = OnnxEmbedder(
-        OnnxBackend(bundle.artifact_path), TextTokenizer(bundle.tokenizer_path, TINY_MAX_LENGTH)
-    )
-    return embedder.embed(TEXTS)
+    return bundle_embeddings(tiny_bundle, TEXTS, TINY_MAX_LENGTH)
 
 
 def text_tensor(texts: list[str]) -> dict[str, object]:
@@ -45,15 +40,8 @@ def text_tensor(texts: list[str]) -> dict[str, object]:
 
 
 def binary_body(texts: list[str], **doc: object) -> tuple[bytes, dict[str, str]]:
-    raw = encode_bytes_tensor(texts)
-    tensor = {
-        "name": "text",
-        "datatype": "BYTES",
-        "shape": [len(texts)],
-        "parameters": {"binary_data_size": len(raw)},
-    }
-    header = json.dumps({"inputs": [tensor], **doc}).encode()
-    return header + raw, {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
+    body, header_length = binary_request(texts, **doc)
+    return body, {HEADER_LENGTH: header_length, "Content-Type": "application/octet-stream"}
 
 
 def binary_output(response) -> tuple[dict[str, object], np.ndarray]:

@@ -63,6 +63,40 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
     anyio.run(main)
 
 
+Queue = Callable[[str, list[str], int], Awaitable[None]]
+
+
+def run_held(
+    batcher: TextBatcher,
+    runner: GatedRunner,
+    steps: Callable[[Queue], Awaitable[None]],
+    first: tuple[str, list[str]] = ("first", ["gate"]),
+) -> dict[str, BatchResult]:
+    """Send ``first`` and wait until the runner holds it; run ``steps``; release the runner; answers by key.
+
+    In ``steps``, ``await queue(key, texts, depth)`` sends a request, then waits until that depth.
+    """
+    results: dict[str, BatchResult] = {}
+
+    async def main() -> None:
+        async def send(key: str, texts: list[str]) -> None:
+            results[key] = await batcher.submit(texts)
+
+        async with anyio.create_task_group() as tg:
+
+            async def queue(key: str, texts: list[str], depth: int) -> None:
+                tg.start_soon(send, key, texts)
+                await until(lambda: batcher.depth == depth)
+
+            tg.start_soon(send, *first)
+            await until(runner.started.is_set)
+            await steps(queue)
+            runner.release.set()
+
+    run(main)
+    return results
+
+
 def words(n: int, word: str = "w") -> str:
     return " ".join([word] * n)
 
@@ -118,22 +152,12 @@ def test_queued_requests_share_one_call_and_get_their_own_rows_in_order() -> Non
     runner = GatedRunner()
     depths: list[int] = []
     batcher = make(runner, depths)
-    results: dict[str, BatchResult] = {}
 
-    async def main() -> None:
-        async def send(key: str, texts: list[str]) -> None:
-            results[key] = await batcher.submit(texts)
+    async def steps(queue: Queue) -> None:
+        await queue("b", ["two words", "three words here"], 2)
+        await queue("c", ["four words are here", "x", "five words are here now"], 5)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(send, "a", ["one"])
-            await until(runner.started.is_set)
-            tg.start_soon(send, "b", ["two words", "three words here"])
-            await until(lambda: batcher.depth == 2)
-            tg.start_soon(send, "c", ["four words are here", "x", "five words are here now"])
-            await until(lambda: batcher.depth == 5)
-            runner.release.set()
-
-    run(main)
+    results = run_held(batcher, runner, steps, first=("a", ["one"]))
     batcher.stop()
     assert runner.calls == [
         ["one"],
@@ -149,22 +173,12 @@ def test_queued_requests_share_one_call_and_get_their_own_rows_in_order() -> Non
 def test_batches_hold_at_most_max_batch_size_texts_oldest_first() -> None:
     runner = GatedRunner()
     batcher = make(runner, max_batch_size=2)
-    results: dict[str, BatchResult] = {}
 
-    async def main() -> None:
-        async def send(key: str, texts: list[str]) -> None:
-            results[key] = await batcher.submit(texts)
+    async def steps(queue: Queue) -> None:
+        await queue("a", ["a1", "a2", "a3"], 3)
+        await queue("b", ["b1", "b2"], 5)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(send, "first", ["gate"])
-            await until(runner.started.is_set)
-            tg.start_soon(send, "a", ["a1", "a2", "a3"])
-            await until(lambda: batcher.depth == 3)
-            tg.start_soon(send, "b", ["b1", "b2"])
-            await until(lambda: batcher.depth == 5)
-            runner.release.set()
-
-    run(main)
+    results = run_held(batcher, runner, steps)
     batcher.stop()
     assert runner.calls == [["gate"], ["a1", "a2"], ["a3", "b1"], ["b2"]]
     assert results["a"].embeddings.shape == (3, 2)
@@ -175,24 +189,13 @@ def test_short_texts_are_not_batched_with_long_ones() -> None:
     runner = GatedRunner()
     batcher = make(runner)
     short, long = "short text", words(40)  # 4 and 42 tokens: buckets 16 and 64
-    results: dict[str, BatchResult] = {}
 
-    async def main() -> None:
-        async def send(key: str, texts: list[str]) -> None:
-            results[key] = await batcher.submit(texts)
+    async def steps(queue: Queue) -> None:
+        await queue("mixed", [short, long, short], 3)
+        await queue("long", [long], 4)
+        await queue("short", [short], 5)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(send, "first", ["gate"])
-            await until(runner.started.is_set)
-            tg.start_soon(send, "mixed", [short, long, short])
-            await until(lambda: batcher.depth == 3)
-            tg.start_soon(send, "long", [long])
-            await until(lambda: batcher.depth == 4)
-            tg.start_soon(send, "short", [short])
-            await until(lambda: batcher.depth == 5)
-            runner.release.set()
-
-    run(main)
+    results = run_held(batcher, runner, steps)
     batcher.stop()
     # the oldest waiting text's bucket goes first, then the next oldest's
     assert runner.calls == [["gate"], [short, short, short], [long, long]]
@@ -205,26 +208,16 @@ def test_a_full_queue_refuses_at_once_with_a_retry_hint() -> None:
     runner = GatedRunner()
     depths: list[int] = []
     batcher = make(runner, depths, max_queue=4)
-    outcome: dict[str, object] = {}
 
-    async def main() -> None:
-        async def send(key: str, texts: list[str]) -> None:
-            outcome[key] = await batcher.submit(texts)
+    async def steps(queue: Queue) -> None:
+        await queue("queued", ["a", "b", "c"], 3)
+        with pytest.raises(OverloadedError, match=r"overloaded: 3 texts are queued.*limit is 4") as err:
+            await batcher.submit(["d", "e"])
+        assert err.value.retry_after >= 1
+        assert batcher.depth == 3
+        await queue("fits", ["d"], 4)  # exactly fills the queue
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(send, "first", ["gate"])
-            await until(runner.started.is_set)
-            tg.start_soon(send, "queued", ["a", "b", "c"])
-            await until(lambda: batcher.depth == 3)
-            with pytest.raises(OverloadedError, match=r"overloaded: 3 texts are queued.*limit is 4") as err:
-                await batcher.submit(["d", "e"])
-            assert err.value.retry_after >= 1
-            assert batcher.depth == 3
-            tg.start_soon(send, "fits", ["d"])  # exactly fills the queue
-            await until(lambda: batcher.depth == 4)
-            runner.release.set()
-
-    run(main)
+    outcome = run_held(batcher, runner, steps)
     assert isinstance(outcome["fits"], BatchResult)
     assert max(depths) == 4 and depths[-1] == 0
 
@@ -311,23 +304,15 @@ def test_wrong_row_count_and_counter_errors_reach_the_caller() -> None:
 def test_stop_runs_what_is_queued_and_a_later_request_restarts_the_worker() -> None:
     runner = GatedRunner()
     batcher = make(runner)
-    results: dict[str, BatchResult] = {}
 
-    async def main() -> None:
-        async def send(key: str, texts: list[str]) -> None:
-            results[key] = await batcher.submit(texts)
+    async def steps(queue: Queue) -> None:
+        await queue("queued", ["q"], 1)
+        stopper = threading.Thread(target=batcher.stop)
+        stopper.start()
+        runner.release.set()
+        await anyio.to_thread.run_sync(stopper.join)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(send, "first", ["gate"])
-            await until(runner.started.is_set)
-            tg.start_soon(send, "queued", ["q"])
-            await until(lambda: batcher.depth == 1)
-            stopper = threading.Thread(target=batcher.stop)
-            stopper.start()
-            runner.release.set()
-            await anyio.to_thread.run_sync(stopper.join)
-
-    run(main)
+    results = run_held(batcher, runner, steps)  # (it sets the released gate once more)
     assert set(results) == {"first", "queued"}
     assert not batcher.running
 

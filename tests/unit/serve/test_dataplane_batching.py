@@ -10,11 +10,12 @@ import anyio
 import numpy as np
 import pytest
 
+from _fixtures.held_model import Held
 from _fixtures.tiny_bundle import tiny_reference_embeddings
 from kiln.bundle.load import load_bundle
 from kiln.errors import OverloadedError
 from kiln.serve.batching import BatchConfig
-from kiln.serve.dataplane import DataPlane, Inference, ModelInfo, TensorSpec, TextModel
+from kiln.serve.dataplane import DataPlane, Inference, ModelInfo, TensorSpec
 from kiln.serve.models import load_embed_model
 
 TEXTS = [
@@ -27,23 +28,6 @@ TEXTS = [
     "terrible movie",
     "hello world the quick brown fox jumps over the lazy dog again and again",
 ]
-
-
-class Held:
-    """Wraps a model; its first ``embed`` waits for ``release`` (so later requests queue up)."""
-
-    def __init__(self, model: TextModel) -> None:
-        self.model = model
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.started.set()
-        assert self.release.wait(10), "never released"
-        return self.model.embed(texts)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.model.count_tokens(texts)
 
 
 def tiny_plane(bundle: Path, **knobs: int | float) -> tuple[DataPlane, Held, list[tuple[str, int]]]:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _fixtures.v2_requests import binary_request
 from kiln.errors import InvalidInputError
 from kiln.serve.dataplane import ModelInfo, TensorSpec
 from kiln.serve.v2_codec import (
@@ -34,18 +35,6 @@ def text_input(data: object, shape: list[int] | None = None, **extra: object) ->
 
 def body_of(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc).encode()
-
-
-def binary_request(texts: list[str], **doc: object) -> tuple[bytes, str]:
-    raw = encode_bytes_tensor(texts)
-    tensor = {
-        "name": "text",
-        "datatype": "BYTES",
-        "shape": [len(texts)],
-        "parameters": {"binary_data_size": len(raw)},
-    }
-    header = json.dumps({"inputs": [tensor], **doc}).encode()
-    return header + raw, str(len(header))
 
 
 def test_bytes_tensor_round_trip_is_length_prefixed_little_endian() -> None:

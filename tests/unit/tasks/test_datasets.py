@@ -124,17 +124,27 @@ def test_load_missing_file(tmp_path: Path) -> None:
         load_labelled_file(tmp_path / "nope.csv")
 
 
-def test_load_empty_file(tmp_path: Path) -> None:
-    path = tmp_path / "empty.csv"
-    path.write_text("")
-    with pytest.raises(DataError, match="empty"):
-        load_labelled_file(path)
-
-
-def test_load_header_only_file(tmp_path: Path) -> None:
-    path = tmp_path / "header.csv"
-    path.write_text("text,label\n")
-    with pytest.raises(DataError, match="no rows"):
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        pytest.param("empty.csv", "", "empty", id="empty_file"),
+        pytest.param("header.csv", "text,label\n", "no rows", id="header_only_file"),
+        pytest.param(
+            "one.jsonl",
+            '{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n',
+            "at least 2 classes",
+            id="single_class",
+        ),
+        pytest.param("data.xlsx", "whatever", "unsupported extension", id="unsupported_extension"),
+        pytest.param(
+            "broken.jsonl", '{"text": "a", "label": 1}\n{not json\n', "cannot read", id="malformed_jsonl"
+        ),
+    ],
+)
+def test_load_bad_file(tmp_path: Path, name: str, content: str, match: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError, match=match):
         load_labelled_file(path)
 
 
@@ -145,27 +155,6 @@ def test_load_missing_columns_names_existing_ones(tmp_path: Path) -> None:
         load_labelled_file(path)
     message = str(info.value)
     assert "'text'" in message and "'label'" in message and "sentiment" in message
-
-
-def test_load_single_class(tmp_path: Path) -> None:
-    path = tmp_path / "one.jsonl"
-    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n')
-    with pytest.raises(DataError, match="at least 2 classes"):
-        load_labelled_file(path)
-
-
-def test_load_unsupported_extension(tmp_path: Path) -> None:
-    path = tmp_path / "data.xlsx"
-    path.write_text("whatever")
-    with pytest.raises(DataError, match="unsupported extension"):
-        load_labelled_file(path)
-
-
-def test_load_malformed_jsonl(tmp_path: Path) -> None:
-    path = tmp_path / "broken.jsonl"
-    path.write_text('{"text": "a", "label": 1}\n{not json\n')
-    with pytest.raises(DataError, match="cannot read"):
-        load_labelled_file(path)
 
 
 def test_load_parquet(tmp_path: Path) -> None:
