@@ -83,7 +83,9 @@ class Runtime(BaseModel):
     """What a runtime adds beside weights and activations. ``process_mib``: a CPU serving process before
     any weights (interpreter, libraries, thread pools); ``gpu_context_mib``: per GPU (CUDA context,
     library workspaces); ``load_copies``: weight copies resident at once while loading (CPU);
-    ``activation_slack``: allocator overhead on activations."""
+    ``activation_slack``: allocator overhead on activations; ``call_overhead_ms``: fixed CPU time of one
+    forward call beyond its FLOPs and bytes (Python, dispatch, thread wake-ups), added to CPU throughput
+    estimates."""
 
     model_config = _STRICT
 
@@ -92,6 +94,7 @@ class Runtime(BaseModel):
     gpu_context_mib: float = Field(ge=0)
     load_copies: float = Field(default=1.0, ge=1)
     activation_slack: float = Field(default=1.0, ge=1)
+    call_overhead_ms: float = Field(default=0.0, ge=0)
     source: str = ""
 
 

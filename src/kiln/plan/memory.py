@@ -8,8 +8,9 @@
     KV cache      2 x layers x kv_heads x head_dim x tokens x batch x bytes (decoders only)
     activations   the largest live set of one forward pass over batch x context tokens
                   (decoder: residual, gate/up/product of the MLP, last-token logits in fp32;
-                  encoder: max of attention's q/k/v/context and the MLP's in/out), times the runtime's
-                  allocator slack
+                  encoder: max of attention's q/k/v/context and the MLP's in/out; CNN: the input images
+                  and the largest set of feature maps alive at once, see kiln.plan.cnn), times the
+                  runtime's allocator slack
     load copy     CPU: weight copies resident at once while loading, beyond what serving holds
     runtime       CPU: the serving process before weights; GPU: CUDA context and library workspaces
 
@@ -163,6 +164,12 @@ def activation_bytes(spec: ArchSpec, dtype: PlanDtype, tokens: int, batch: int) 
     width = 4 if dtype == "fp32" else 2
     h = spec.hidden
     n = batch * tokens
+    if spec.convnet is not None:  # tokens is the image side
+        per_image, where = spec.convnet.activation_elements(tokens)
+        return (
+            batch * per_image * width,
+            f"batch {batch} x {per_image:,} elements ({where}, {tokens}x{tokens} images) x {width} B",
+        )
     if spec.family == "encoder":
         per_token = max(6 * h, 2 * h + 2 * spec.intermediate)
         return (
@@ -213,11 +220,12 @@ def memory_breakdown(
         else (scale_bytes(params, spec, dtype))
     )
     kv = kv_cache_bytes(spec, dtype, context, batch)
+    no_kv = "a CNN" if spec.family == "cnn" else "an encoder"
     kv_how = (
         f"2 x {spec.layers} layers x {spec.kv_heads} kv heads x {spec.head_dim} x {context:,} tokens x "
         f"batch {batch} x {kv_width(dtype)} B"
         if spec.has_kv_cache
-        else "none: an encoder keeps no KV cache"
+        else f"none: {no_kv} keeps no KV cache"
     )
     act, act_how = activation_bytes(spec, dtype, context, batch)
     act = int(act * runtime.activation_slack)

@@ -1,6 +1,6 @@
 """Architecture -> parameter count, group by group, from a Hugging Face ``config.json`` (no weights needed).
 
-Three families are counted exactly, tensor by tensor, the way transformers builds them:
+Four families are counted exactly, tensor by tensor, the way their reference code builds them:
 
     decoder   llama-style (llama, mistral, mixtral, qwen2/3, gemma, phi3, olmo, SmolLM...): embeddings,
               attention with grouped-query K/V, gated MLP or MoE experts (+ shared experts, router),
@@ -8,6 +8,9 @@ Three families are counted exactly, tensor by tensor, the way transformers build
     gpt2      learned positions, fused QKV with biases, 4x MLP, LayerNorms, tied head
     encoder   BERT-style (bert, roberta, xlm-roberta): word/position/type embeddings, biased attention and
               MLP, LayerNorms, pooler for the architectures that have one
+    cnn       EfficientNet / EfficientNet-Lite (``model_type: "efficientnet"``): stem, MBConv blocks, head,
+              classifier, counted by :mod:`kiln.plan.cnn`; ``hidden`` is the head's channels, ``layers``
+              the number of blocks, ``vocab`` the number of classes, ``max_positions`` the image side
 
 Any other ``model_type`` is counted as a llama-style decoder and the result says so in its notes.
 ``ArchSpec.from_config`` reads the sizes; ``count_parameters(spec)`` returns a :class:`ParamBreakdown`
@@ -21,9 +24,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from kiln.plan.cnn import CNN_TYPES, ConvNetSpec
 from kiln.plan.errors import PlanError
 
-Family = Literal["decoder", "gpt2", "encoder"]
+Family = Literal["decoder", "gpt2", "encoder", "cnn"]
 
 _DECODERS = frozenset(
     {
@@ -86,10 +90,13 @@ class ArchSpec(BaseModel):
     qkv_bias: bool = False
     mlp_bias: bool = False
     notes: list[str] = []
+    convnet: ConvNetSpec | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, object], source: str = "config.json") -> ArchSpec:
         """Sizes from a config dict (its ``text_config`` for multimodal ones). Raises PlanError on gaps."""
+        if config.get("model_type") in CNN_TYPES:
+            return cls._from_cnn_config(config, source)
         text = config.get("text_config")
         if isinstance(text, dict) and _int(config, "hidden_size", "d_model", "n_embd") is None:
             merged = dict(text)
@@ -175,10 +182,29 @@ class ArchSpec(BaseModel):
             notes=notes,
         )
 
+    @classmethod
+    def _from_cnn_config(cls, config: dict[str, object], source: str) -> ArchSpec:
+        net = ConvNetSpec.from_config(config, source)
+        archs = config.get("architectures")
+        return cls(
+            family="cnn",
+            model_type=str(config.get("model_type")),
+            architecture=str(archs[0]) if isinstance(archs, list) and archs else None,
+            hidden=net.head,
+            layers=len(net.blocks),
+            heads=1,
+            kv_heads=1,
+            head_dim=net.head,
+            intermediate=max(b.mid for b in net.blocks),
+            vocab=net.classes,
+            max_positions=net.image_size,
+            convnet=net,
+        )
+
     @property
     def has_kv_cache(self) -> bool:
-        """Decoders keep K and V of past tokens; encoders run each request whole and keep nothing."""
-        return self.family != "encoder"
+        """Decoders keep K and V of past tokens; encoders and CNNs run each request whole and keep nothing."""
+        return self.family in ("decoder", "gpt2")
 
     def kv_elements_per_token(self) -> int:
         """K and V elements one token adds to the cache: 2 x layers x kv_heads x head_dim."""
@@ -307,9 +333,16 @@ def _encoder(s: ArchSpec) -> list[ParamGroup]:
     return groups
 
 
+def _cnn(s: ArchSpec) -> list[ParamGroup]:
+    assert s.convnet is not None
+    return [_g(name, n, q, how) for name, n, q, how in s.convnet.parameter_groups()]
+
+
 def count_parameters(spec: ArchSpec) -> ParamBreakdown:
     """Exact parameter count of the architecture ``spec`` describes, by group."""
-    if spec.family == "encoder":
+    if spec.family == "cnn":
+        groups = _cnn(spec)
+    elif spec.family == "encoder":
         groups = _encoder(spec)
     elif spec.family == "gpt2":
         groups = _gpt2(spec)

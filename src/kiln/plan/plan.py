@@ -219,27 +219,30 @@ def make_plan(
     targets: list[str] | None = None,
     catalog: Catalog | None = None,
     catalog_path: Path | str | None = None,
-    runtime: str = "torch",
+    runtime: str | None = None,
     output_tokens: int | None = None,
 ) -> Plan:
     """Plan memory, devices, throughput and cost of serving ``model`` on each target.
 
     ``dtype`` None keeps the stored dtype when the weight files have one plan dtype, else bf16.
-    ``context`` None: 4096 tokens for decoders, 128 for encoders (capped at the model's maximum).
+    ``context`` None: 4096 tokens for decoders, 128 for encoders (capped at the model's maximum); for a
+    CNN, ``context`` is the side of the square input image (None: the config's ``image_size``).
     ``targets`` None: every target of the catalog.
+    ``runtime`` None: ``torch-nn`` (plain PyTorch) for a CNN, ``torch`` (with transformers) otherwise.
     """
     if batch < 1:
         raise PlanError(f"--batch must be at least 1, got {batch}")
     if context is not None and context < 1:
         raise PlanError(f"--context must be at least 1 token, got {context}")
     cat = catalog or load_catalog(catalog_path)
-    rt = cat.runtime(runtime)
     names = list(targets) if targets else sorted(cat.targets)
     chosen = [(n, cat.target(n)) for n in names]
 
     m = _load_model(model)
     spec = ArchSpec.from_config(m.config, source=m.source)
     params = count_parameters(spec)
+    runtime = runtime or ("torch-nn" if spec.family == "cnn" else "torch")
+    rt = cat.runtime(runtime)
     notes = list(spec.notes) + list(m.notes)
     if m.file_parameters is not None and m.file_parameters != params.total:
         diff = (m.file_parameters - params.total) / params.total
@@ -264,10 +267,14 @@ def make_plan(
 
     limit = spec.max_positions
     default_ctx = DEFAULT_ENCODER_CONTEXT if spec.family == "encoder" else DEFAULT_DECODER_CONTEXT
-    ctx = context or (min(default_ctx, limit) if limit else default_ctx)
-    if limit and ctx > limit:
-        notes.append(f"context {ctx:,} is beyond the model's maximum of {limit:,} positions")
-    out_tokens = output_tokens if output_tokens is not None else min(DEFAULT_OUTPUT_TOKENS, ctx // 2)
+    if spec.family == "cnn":  # context is the image side; the config's image_size by default
+        ctx = context or spec.max_positions or 224
+        out_tokens = 0
+    else:
+        ctx = context or (min(default_ctx, limit) if limit else default_ctx)
+        if limit and ctx > limit:
+            notes.append(f"context {ctx:,} is beyond the model's maximum of {limit:,} positions")
+        out_tokens = output_tokens if output_tokens is not None else min(DEFAULT_OUTPUT_TOKENS, ctx // 2)
 
     memory: dict[str, MemoryBreakdown] = {
         kind: memory_breakdown(spec, params, plan_dtype, batch, ctx, rt, kind, exact_weight_bytes=exact)
@@ -295,8 +302,9 @@ def make_plan(
             per_device = mem.per_device(tp, pp)
             if pp > 1:
                 t_notes.append(f"{pp} pipeline stages of {tp} devices: stages add memory, not speed")
+            overhead = rt.call_overhead_ms / 1e3 if t.kind == "cpu" else 0.0
             throughput = estimate_throughput(
-                spec, params, plan_dtype, weights, batch, ctx, out_tokens, t, cat, tp
+                spec, params, plan_dtype, weights, batch, ctx, out_tokens, t, cat, tp, overhead
             )
             costs = estimate_costs(t, cat, devices, throughput, spec.has_kv_cache)
         results.append(

@@ -39,12 +39,18 @@ def params_table(plan: Plan) -> Table:
     return t
 
 
+def _shape(plan: Plan) -> str:
+    if plan.architecture.family == "cnn":
+        return f"images {plan.context}x{plan.context}"
+    return f"context {plan.context:,}"
+
+
 def memory_table(plan: Plan, kind: str) -> Table:
     mem = plan.memory[kind]
     t = Table(
         title=(
             f"memory of one replica on {kind.upper()} ({plan.dtype}, {plan.dtype_from}; batch {plan.batch}, "
-            f"context {plan.context:,}, runtime {plan.runtime})"
+            f"{_shape(plan)}, runtime {plan.runtime})"
         ),
         title_justify="left",
     )

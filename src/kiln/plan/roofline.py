@@ -10,7 +10,10 @@ A step takes the longer of its compute time (FLOPs / (peak x compute efficiency)
     forward (encoders)  batch x context tokens at once
 
 FLOPs: 2 per matrix weight per token, plus attention (QK^T and AV: 4 x layers x heads x head_dim x
-tokens attended, halved for causal prefill). MoE decode reads the experts the batch is expected to touch:
+tokens attended, halved for causal prefill); CNNs: 2 per multiply-add of their convolutions and classifier
+(kiln.plan.cnn). On CPU each forward call (an encoder or CNN batch, a prefill, one decode step) also pays
+the runtime's fixed ``call_overhead_ms`` (Python, framework dispatch, thread wake-ups), which the
+roofline alone misses at small batches. MoE decode reads the experts the batch is expected to touch:
 E x (1 - (1 - k/E)^batch) per layer. All results are estimates and say which bound applied.
 """
 
@@ -94,9 +97,11 @@ def compute_rate(t: Target, dtype: PlanDtype) -> tuple[float, str, list[str]]:
     return fp32 * 1e12, "fp32", notes
 
 
-def _step(flops: float, nbytes: float, peak: float, bandwidth: float) -> Step:
+def _step(flops: float, nbytes: float, peak: float, bandwidth: float, overhead: float = 0.0) -> Step:
     tc, tm = flops / peak, nbytes / bandwidth
-    return Step(seconds=max(tc, tm), bound="compute" if tc >= tm else "memory", flops=flops, bytes=nbytes)
+    return Step(
+        seconds=max(tc, tm) + overhead, bound="compute" if tc >= tm else "memory", flops=flops, bytes=nbytes
+    )
 
 
 def _attention_flops(spec: ArchSpec, queries: float, attended: float) -> float:
@@ -121,26 +126,34 @@ def estimate_throughput(
     target: Target,
     catalog: Catalog,
     tp: int,
+    call_overhead_s: float = 0.0,
 ) -> Throughput:
-    """Roofline estimates for one tensor-parallel group of ``tp`` devices of ``target``."""
+    """Roofline estimates for one tensor-parallel group of ``tp`` devices of ``target``, plus
+    ``call_overhead_s`` per forward call (the runtime's, on CPU)."""
     peak1, precision, notes = compute_rate(target, dtype)
     _, ce, be = catalog.efficiency(target)
     peak = peak1 * ce * tp
     bandwidth = target.bandwidth_gbs * 1e9 * be * tp
     matmul = params.active_matmul
-    if spec.family == "encoder":
+    oh = call_overhead_s
+    if call_overhead_s:
+        notes = [*notes, f"+ {call_overhead_s * 1e3:.1f} ms fixed overhead per forward call (the runtime's)"]
+    if spec.family in ("encoder", "cnn"):
+        net = spec.convnet
 
         def forward(b: int) -> Step:
+            if net is not None:  # context is the image side
+                return _step(b * net.flops_per_image(context), weight_bytes, peak, bandwidth, oh)
             tokens = b * context
             flops = 2 * matmul * tokens + _attention_flops(spec, tokens, context)
-            return _step(flops, weight_bytes, peak, bandwidth)
+            return _step(flops, weight_bytes, peak, bandwidth, oh)
 
         step = forward(batch)
         return Throughput(
             compute_dtype=precision,
             requests_per_s=batch / step.seconds,
             request_seconds_batch1=forward(1).seconds,
-            prefill_tokens_per_s=batch * context / step.seconds,
+            prefill_tokens_per_s=None if net else batch * context / step.seconds,
             prefill_bound=step.bound,
             notes=notes,
         )
@@ -154,11 +167,11 @@ def estimate_throughput(
         read = weight_bytes - expert_bytes * (1 - _expert_read_fraction(spec, b))
         read += b * attended * kv_per_token
         flops = 2 * matmul * b + _attention_flops(spec, b, attended)
-        return _step(flops, read, peak, bandwidth)
+        return _step(flops, read, peak, bandwidth, oh)
 
     def prefill(b: int, tokens: int) -> Step:
         flops = 2 * matmul * b * tokens + _attention_flops(spec, b * tokens, tokens) / 2
-        return _step(flops, weight_bytes, peak, bandwidth)
+        return _step(flops, weight_bytes, peak, bandwidth, oh)
 
     dec = decode(batch, context)
     pre = prefill(batch, context)
