@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kiln.errors import BuildError
 from kiln.optimize.cpu import CpuInfo
+from kiln.optimize.precision import ConvertPrecision
+from kiln.optimize.quant_int4 import QuantizeInt4
+from kiln.optimize.quant_static import QuantizeStatic
 
 
 class _Recipe(BaseModel):
@@ -65,7 +68,10 @@ class QuantizeDynamic(_Recipe):
         return dst
 
 
-Recipe = Annotated[ExportOnnx | QuantizeDynamic, Field(discriminator="kind")]
+Recipe = Annotated[
+    ExportOnnx | QuantizeDynamic | QuantizeStatic | QuantizeInt4 | ConvertPrecision,
+    Field(discriminator="kind"),
+]
 
 
 def int8_dynamic_for(cpu: CpuInfo) -> QuantizeDynamic:
