@@ -50,7 +50,7 @@ def test_manifest_records_every_variant_and_the_choice(default_bundle: Path) -> 
     int8 = next(v for v in m.variants if v.name == "onnx-int8-dynamic")
     assert [r["kind"] for r in int8.recipe] == ["export-onnx", "int8-dynamic"]
     assert int8.recipe[1]["per_channel"] is True
-    assert set(m.files) == {"model.onnx", "tokenizer.json", "README.md"}
+    assert set(m.files) == {"model.onnx", "tokenizer.json", "README.md", "profile.json"}
 
 
 def test_model_card_shows_the_measured_table(default_bundle: Path) -> None:
@@ -87,3 +87,17 @@ def test_served_artifact_agrees_with_sentence_transformers(default_bundle: Path)
     # INT8 dynamic quantization scales activations per batch, padding included: very short texts
     # batched with long ones lose most (about 0.94 for "ok" here); the bars are on review-length text.
     assert cos.mean() > 0.97 and cos.min() > 0.9, cos
+
+
+def test_bundle_carries_a_reference_profile_of_the_shipped_variant(default_bundle: Path) -> None:
+    from kiln.monitor.profile import load_profile
+
+    m = load_bundle(default_bundle).manifest
+    profile = load_profile(default_bundle / "profile.json")
+    assert m.evaluation is not None
+    assert profile.embeddings is not None
+    sample = profile.embeddings.sample_array()
+    assert profile.embeddings.n == m.evaluation.n_test
+    assert 0 < sample.shape[0] <= m.evaluation.n_test and sample.shape[1] == 384
+    # embeddings of the shipped (normalised) variant
+    assert abs(float(np.linalg.norm(sample.astype(np.float32), axis=1).mean()) - 1.0) < 1e-2

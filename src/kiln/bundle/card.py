@@ -8,12 +8,15 @@ from kiln.report.variants import rejected_notes, variants_markdown
 
 def model_card(m: Manifest) -> str:
     ev = m.evaluation
+    classify = m.task == "classify"
+    fitted = "not held out" if classify else "to fit the probe"
     eval_line = (
-        f"{ev.dataset}: {ev.n_train} examples to fit the probe, {ev.n_test} held out "
-        f"(seed {ev.seed}). {ev.notes}"
+        f"{ev.dataset}: {ev.n_train} examples {fitted}, {ev.n_test} held out (seed {ev.seed}). {ev.notes}"
         if ev
         else "no evaluation recorded"
     )
+    metric = "accuracy" if classify else "probe accuracy"
+    route = "classify" if classify else "embeddings"
     rejected = rejected_notes(m.variants)
     rejected_md = "\n".join(f"- {line}" for line in rejected) if rejected else "- none"
     src = m.source
@@ -29,7 +32,7 @@ def model_card(m: Manifest) -> str:
 ## Measured variants
 
 Every figure was measured on the build machine during the build. Latency is end to end
-(tokenisation + inference) after warm-up; the quality drop is the reference's probe accuracy minus the
+(tokenisation + inference) after warm-up; the quality drop is the reference's {metric} minus the
 variant's, with a paired bootstrap 95% interval.
 
 {variants_markdown(m.variants, m.chosen)}
@@ -43,7 +46,7 @@ Rejected or failed variants:
 
 ```
 kiln serve <this folder>
-curl -s localhost:8000/v1/embeddings -H 'content-type: application/json' \\
+curl -s localhost:8000/v1/{route} -H 'content-type: application/json' \\
   -d '{{"model": "{m.model_name}", "input": ["hello world"]}}'
 ```
 """

@@ -22,6 +22,25 @@ COLUMNS = (
 )
 
 
+AGREEMENT = {"probe_accuracy": ("cosine", "mean_cosine"), "accuracy": ("top-1 agree", "top1_agreement")}
+"""Per primary metric: the header and ``Quality.extra`` key of the label-free agreement column."""
+
+
+def columns(variants: Sequence[VariantRecord]) -> list[str]:
+    """The headers, naming the variants' quality metric (``probe acc`` for embed, ``accuracy``...)."""
+    metric = next((v.scores.quality.metric for v in variants if v.scores.quality), "probe_accuracy")
+    if metric == "probe_accuracy":
+        return list(COLUMNS)
+    return [
+        "variant",
+        "status",
+        metric.replace("_", " "),
+        *COLUMNS[3:4],
+        AGREEMENT.get(metric, ("agreement", ""))[0],
+        *COLUMNS[5:],
+    ]
+
+
 def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
@@ -36,7 +55,7 @@ def variant_row(v: VariantRecord) -> list[str]:
         v.status,
         _fmt(q.value if q else None, ".4f"),
         f"{q.drop:+.4f} [{q.drop_ci95[0]:+.4f}, {q.drop_ci95[1]:+.4f}]" if q else "-",
-        _fmt(q.extra.get("mean_cosine") if q else None, ".4f"),
+        _fmt(q.extra.get(AGREEMENT.get(q.metric, ("", ""))[1]) if q else None, ".4f"),
         f"{b1.p50_ms:.2f}/{b1.p95_ms:.2f}/{b1.p99_ms:.2f}" if b1 else "-",
         _fmt(bn.p50_ms if bn else None, ".1f"),
         _fmt(bn.throughput_per_s if bn else None, ".0f"),
@@ -47,7 +66,7 @@ def variant_row(v: VariantRecord) -> list[str]:
 
 def variants_table(variants: Sequence[VariantRecord], chosen: str | None = None) -> Table:
     table = Table(title="variants (measured on this machine, this run)", header_style="bold")
-    for col in COLUMNS:
+    for col in columns(variants):
         table.add_column(col, justify="left" if col in ("variant", "status") else "right")
     for v in variants:
         row = variant_row(v)
@@ -63,7 +82,8 @@ def rejected_notes(variants: Sequence[VariantRecord]) -> list[str]:
 
 
 def variants_markdown(variants: Sequence[VariantRecord], chosen: str | None = None) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    headers = columns(variants)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for v in variants:
         row = variant_row(v)
         if v.name == chosen:

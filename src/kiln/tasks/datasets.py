@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,14 @@ ROTTEN_TOMATOES_LABELS = ["rotten", "fresh"]  # index = label: rotten=0, fresh=1
 
 @dataclass
 class LabelledTexts:
-    """Texts with integer class labels; ``label_names[k]`` names label ``k``."""
+    """Texts with integer class labels; ``label_names[k]`` names label ``k``; ``columns`` holds any
+    other columns asked for (one string per text, e.g. to slice quality by)."""
 
     texts: list[str]
     labels: np.ndarray
     label_names: list[str]
     name: str
+    columns: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -46,6 +48,7 @@ class LabelledTexts:
             labels=self.labels[idx],
             label_names=list(self.label_names),
             name=name or self.name,
+            columns={k: [v[i] for i in idx] for k, v in self.columns.items()},
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -158,12 +161,16 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def load_labelled_file(
-    path: str | Path, text_column: str = "text", label_column: str = "label"
+    path: str | Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    extra_columns: Sequence[str] = (),
 ) -> LabelledTexts:
     """Load labelled texts from a CSV, TSV, JSONL or Parquet file (told by its extension).
 
     Labels may be strings or integers; they are mapped to ``0..k-1`` in sorted order and the original
-    values kept as ``label_names``. Rows with an empty text or label are dropped.
+    values kept as ``label_names``. Rows with an empty text or label are dropped. ``extra_columns`` are
+    kept as strings in ``columns`` (an empty cell becomes ``""``).
     """
     path = Path(path)
     if not path.is_file():
@@ -177,14 +184,24 @@ def load_labelled_file(
             f"{path} has no column {', '.join(repr(m) for m in missing)}; its columns are "
             f"{[str(c) for c in frame.columns]}: pass text_column=/label_column= to pick them"
         )
+    missing_extra = [c for c in extra_columns if c not in frame.columns]
+    if missing_extra:
+        raise DataError(
+            f"{path} has no column {', '.join(repr(m) for m in missing_extra)}; its columns are "
+            f"{[str(c) for c in frame.columns]}"
+        )
     texts: list[str] = []
     raw_labels: list[object] = []
-    for text, label in zip(frame[text_column], frame[label_column], strict=True):
+    extra: dict[str, list[str]] = {c: [] for c in extra_columns}
+    for row, (text, label) in enumerate(zip(frame[text_column], frame[label_column], strict=True)):
         text_s = "" if _is_missing(text) else str(text).strip()
         if not text_s or _is_missing(label) or str(label).strip() == "":
             continue
         texts.append(text_s)
         raw_labels.append(label)
+        for c in extra_columns:
+            value = frame[c].iloc[row]
+            extra[c].append("" if _is_missing(value) else str(value).strip())
     if not texts:
         raise DataError(f"{path} has no rows with both a non-empty {text_column!r} and {label_column!r}")
     label_names, labels = _encode_labels(raw_labels)
@@ -193,7 +210,7 @@ def load_labelled_file(
             f"{path}: every row has label {label_names[0]!r}; quality needs at least 2 classes in "
             f"column {label_column!r}"
         )
-    return LabelledTexts(texts=texts, labels=labels, label_names=label_names, name=path.stem)
+    return LabelledTexts(texts=texts, labels=labels, label_names=label_names, name=path.stem, columns=extra)
 
 
 def _is_missing(value: object) -> bool:
