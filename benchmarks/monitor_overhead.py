@@ -1,0 +1,103 @@
+"""Throughput of ``kiln serve`` with the request log on against off, on the same bundle, on this machine.
+
+    .venv/bin/python benchmarks/monitor_overhead.py [BUNDLE] [--seconds 8] [--concurrency 32]
+        [--sample 0.1] [--monitor-db URL]
+
+BUNDLE defaults to the cached default bundle under KILN_HOME (build it with ``kiln run --no-serve``).
+Starts two real servers, one with ``--no-monitor`` and one with the log on (SQLite in a temporary folder
+unless --monitor-db; sample --sample), and drives them in turn over loopback (POST /v2/models/{m}/infer,
+the closed-loop asyncio client of serve_throughput.py), --rounds times each, alternating so that other
+load on the machine hits both alike. Prints each round's on/off and the median; the bar is >= 0.95x.
+Only one server is driven at a time (the idle one costs nothing); asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from serve_throughput import KILN, drive, free_port, wait_ready
+
+from kiln.bundle.load import load_bundle
+from kiln.default_job import default_bundle_dir
+from kiln.settings import Settings
+
+BAR = 0.95
+
+
+def start(bundle: Path, flags: list[str]) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KILN_ACCESS_LOG": "0"}
+    cmd = [*KILN, "serve", str(bundle), "--host", "127.0.0.1", "--port", str(port), *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    wait_ready(url, proc)
+    return url, proc
+
+
+def run(url: str, model: str, args: argparse.Namespace) -> float:
+    tput, p50, p99, errors = asyncio.run(
+        drive(url, model, args.concurrency, 1, args.seconds, args.max_requests)
+    )
+    if errors:
+        print(f"    ({errors} requests were not answered 200)")
+    return tput
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", type=Path, nargs="?", default=None)
+    ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per server")
+    ap.add_argument("--max-requests", type=int, default=50_000, help="most requests per phase")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3, help="off/on pairs, alternated; the median ratio counts")
+    ap.add_argument("--sample", type=float, default=0.1, help="--monitor-sample for the 'on' run")
+    ap.add_argument("--monitor-db", default=None, help="database URL for the 'on' run (default: temp SQLite)")
+    args = ap.parse_args()
+    bundle = args.bundle or default_bundle_dir(Settings.from_env())
+    if not (bundle / "kiln.json").is_file():
+        sys.exit(f"no bundle at {bundle}: build the default one with `kiln run --no-serve`, or pass one")
+    model = load_bundle(bundle).manifest.model_name
+    print(f"request log overhead on {bundle} (model {model}), concurrency {args.concurrency}:")
+    ratios: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.monitor_db or f"sqlite:///{Path(tmp) / 'requests.db'}"
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            off_url, proc = start(bundle, ["--no-monitor"])
+            procs.append(proc)
+            on_url, proc = start(bundle, ["--monitor-db", db, "--monitor-sample", str(args.sample)])
+            procs.append(proc)
+            for url in (off_url, on_url):  # warm-up: connections, sessions, the log's first batches
+                asyncio.run(drive(url, model, args.concurrency, 1, 1.0, args.max_requests))
+            # alternate the two (one driven at a time) so that other load on the machine hits both alike
+            for r in range(args.rounds):
+                off = run(off_url, model, args)
+                on = run(on_url, model, args)
+                ratios.append(on / off if off else float("nan"))
+                print(
+                    f"  round {r + 1}: off {off:8.0f} texts/s, on {on:8.0f} texts/s, on/off {ratios[-1]:.3f}x"
+                )
+            stats = httpx.get(f"{on_url}/v2/monitor/stats", timeout=10).json()
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(30)
+    ratio = statistics.median(ratios)
+    print(f"  log on: {db}, sample {args.sample}; committed {stats['committed']}, dropped {stats['dropped']}")
+    verdict = "met" if ratio >= BAR else "NOT met"
+    print(
+        f"throughput with the request log / without (median of {len(ratios)} rounds): {ratio:.3f}x "
+        f"(bar >= {BAR}x: {verdict})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""What one request ran, noted for the request log while the request is served.
+
+The request-log middleware (``kiln.serve.monitoring``) opens a :class:`Capture` for each HTTP request in a
+context variable; the dataplane calls :func:`note_inference` after each inference, which fills it in.
+Without an open capture (monitoring off, gRPC, direct library use) :func:`note_inference` does nothing.
+Only a sampled request's capture keeps the texts and outputs, by reference: the request log's writer
+thread hashes and summarises them later, off the request's path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_current: ContextVar[Capture | None] = ContextVar("kiln_monitor_capture", default=None)
+
+
+@dataclass
+class Capture:
+    """The inferences of one request: counts always, inputs and outputs when ``sampled``."""
+
+    sampled: bool = False
+    model: str | None = None
+    version: str | None = None
+    n_inputs: int = 0
+    n_tokens: int | None = None
+    texts: list[str] = field(default_factory=list)
+    tokens: list[int | None] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    labels: list[str | None] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+
+    def note(
+        self,
+        model: str,
+        texts: Sequence[str],
+        tokens: Sequence[int] | None = None,
+        embeddings: np.ndarray | None = None,
+        labels: Sequence[str] | None = None,
+        scores: Sequence[float] | None = None,
+        version: str | None = None,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.n_inputs += len(texts)
+        if tokens is not None:
+            self.n_tokens = (self.n_tokens or 0) + sum(tokens)
+        if not self.sampled:
+            return
+        n = len(texts)
+        self.texts.extend(texts)
+        self.tokens.extend(tokens if tokens is not None else [None] * n)
+        if embeddings is not None:
+            self.embeddings.append(embeddings)
+        self.labels.extend(labels if labels is not None else [None] * n)
+        self.scores.extend(scores if scores is not None else [None] * n)
+
+
+def open_capture(capture: Capture) -> Token[Capture | None]:
+    """Make ``capture`` the current request's; pass the token to :func:`close_capture` when done."""
+    return _current.set(capture)
+
+
+def close_capture(token: Token[Capture | None]) -> None:
+    _current.reset(token)
+
+
+def current_capture() -> Capture | None:
+    return _current.get()
+
+
+def note_predictions(labels: Sequence[str], scores: Sequence[float]) -> None:
+    """Name the top class and its probability for the inputs just noted (a classifier's route calls this
+    after the dataplane noted the inference); kept only when the request is sampled."""
+    capture = _current.get()
+    n = len(labels)
+    if capture is None or not capture.sampled or n == 0 or len(capture.labels) < n:
+        return
+    capture.labels[-n:] = list(labels)
+    capture.scores[-n:] = [float(s) for s in scores]
+
+
+def note_inference(
+    model: str,
+    texts: Sequence[str],
+    tokens: Sequence[int] | None = None,
+    embeddings: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
+    scores: Sequence[float] | None = None,
+    version: str | None = None,
+) -> None:
+    """Note one inference for the request being served (no-op when none is being captured)."""
+    capture = _current.get()
+    if capture is not None:
+        capture.note(model, texts, tokens, embeddings, labels, scores, version)
