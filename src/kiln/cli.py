@@ -10,6 +10,7 @@ from rich.console import Console
 
 from kiln import __version__
 from kiln.errors import KilnError
+from kiln.settings import Settings
 
 console = Console()
 if not console.is_terminal:  # piped or logged: don't squeeze the variant table into 80 columns
@@ -62,6 +63,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
         eval_samples=args.eval_samples,
         seed=args.seed,
         allow_unsafe=tuple(args.allow_unsafe),
+        data=Path(args.data) if args.data else None,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        slice_by=tuple(args.slice_by),
     )
     result = build(opts, console=console)
     console.print(f"[bold green]bundle written:[/] {result.bundle_dir}")
@@ -71,8 +76,56 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from kiln.serve.server import run_server
 
-    run_server(Path(args.bundle), host=args.host, port=args.port, grpc_port=args.grpc_port)
+    run_server(
+        [Path(b) for b in args.bundle],
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        canaries=args.canary,
+        settings=_serve_settings(args),
+        api_keys=Path(args.api_keys) if args.api_keys else None,
+        ssl_certfile=Path(args.ssl_certfile) if args.ssl_certfile else None,
+        ssl_keyfile=Path(args.ssl_keyfile) if args.ssl_keyfile else None,
+    )
     return 0
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the request-log flags given on the command line over them."""
+    import dataclasses
+
+    settings = Settings.from_env()
+    changes: dict[str, object] = {}
+    if args.no_monitor:
+        changes["monitor"] = False
+    if args.monitor_db is not None:
+        changes["monitor_db"] = args.monitor_db
+    if args.monitor_sample is not None:
+        changes["monitor_sample"] = args.monitor_sample
+    if args.keep_text:
+        changes["monitor_keep_text"] = True
+    if args.monitor_retention_days is not None:
+        changes["monitor_retention_days"] = args.monitor_retention_days
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def _fraction(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{raw} is not between 0 and 1")
+    return value
+
+
+def _canary(spec: str) -> object:
+    from kiln.serve.repository import parse_canary
+
+    try:
+        return parse_canary(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -82,6 +135,124 @@ def _cmd_run(args: argparse.Namespace) -> int:
         serve=not args.no_serve, host=args.host, port=args.port, rebuild=args.rebuild, console=console
     )
     return 0
+
+
+def _cmd_keys_add(args: argparse.Namespace) -> int:
+    from kiln.serve.keys import ROUTE_SCOPES, add_key, parse_scope_list
+    from kiln.serve.ratelimit import default_burst, format_rate, parse_rate
+
+    try:
+        models = parse_scope_list(args.models, "--models")
+        routes = parse_scope_list(args.routes, "--routes", ROUTE_SCOPES)
+        rate = parse_rate(args.rate) if args.rate is not None else None
+    except ValueError as exc:
+        raise KilnError(str(exc)) from None
+    if args.burst is not None and rate is None:
+        raise KilnError("--burst needs --rate (e.g. --rate 10/s --burst 20)")
+    burst = (args.burst or default_burst(rate)) if rate is not None else None
+    key, record = add_key(
+        Path(args.file), args.id, models=models, routes=routes, admin=args.admin, rate=rate, burst=burst
+    )
+    limit = f"{format_rate(rate)}, burst {burst}" if rate is not None else "none"
+    err_console.print(
+        f"added key [bold]{record.id}[/] to {args.file} (models: {', '.join(models)}; routes: "
+        f"{', '.join(routes)}; admin: {'yes' if args.admin else 'no'}; rate limit: {limit})",
+        highlight=False,
+    )
+    err_console.print("[yellow]the key is shown this once: kiln stores only a salted hash of it[/]")
+    print(key)
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from kiln.serve.keys import load_keys
+    from kiln.serve.ratelimit import format_rate
+
+    keys = load_keys(Path(args.file))
+    table = Table("id", "models", "routes", "admin", "rate", "burst", "created", title=str(args.file))
+    for k in keys:
+        rate = format_rate(k.rate) if k.rate is not None else "-"
+        burst = str(k.burst) if k.burst is not None else "-"
+        table.add_row(
+            k.id, ",".join(k.models), ",".join(k.routes), "yes" if k.admin else "no", rate, burst, k.created
+        )
+    console.print(table)
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from kiln.serve.keys import revoke_key
+
+    revoke_key(Path(args.file), args.id)
+    err_console.print(f"revoked key [bold]{args.id}[/] in {args.file} (running servers: restart them)")
+    return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from kiln.monitor.report import load_report, render_html, render_terminal
+
+    settings = Settings.from_env()
+    report = load_report(
+        args.target,
+        args.window,
+        args.count,
+        bundle=Path(args.bundle) if args.bundle else None,
+        model=args.model,
+        api_key=args.api_key,
+        home=settings.home,
+        monitor_db=settings.monitor_db,
+    )
+    render_terminal(report, console)
+    if args.html:
+        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        err_console.print(f"HTML report written: {args.html}")
+    return 0
+
+
+def _add_monitor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pm = sub.add_parser("monitor", help="traffic, latency, errors, drift and quality per window")
+    pm.add_argument(
+        "target",
+        help="a server URL (http://127.0.0.1:8000), a bundle folder (its request log under KILN_HOME or "
+        "KILN_MONITOR_DB), or a request-log database (sqlite:////path/log.db, a .db file, "
+        "postgresql+psycopg://...)",
+    )
+    pm.add_argument("--window", default="1h", help="window length: 15m, 1h, 1d ... (default 1h)")
+    pm.add_argument("--count", type=int, default=24, help="how many windows, newest last (default 24)")
+    pm.add_argument(
+        "--bundle", default=None, help="with a database: the bundle whose reference profile to use"
+    )
+    pm.add_argument("--model", default=None, help="only this model's requests (default: all in the log)")
+    pm.add_argument("--api-key", default=None, help="with a server URL: a key allowed the metrics routes")
+    pm.add_argument(
+        "--html", default=None, metavar="FILE", help="also write the report as a self-contained HTML page"
+    )
+    pm.set_defaults(func=_cmd_monitor)
+
+
+def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pk = sub.add_parser("keys", help="manage the API keys file `kiln serve --api-keys` reads")
+    keys = pk.add_subparsers(dest="keys_command", required=True)
+    ka = keys.add_parser("add", help="make a random key, print it once, store only its salted hash")
+    ka.add_argument("file", help="keys file (.json, or .toml); created if missing")
+    ka.add_argument("--id", required=True, help="a name for the key (letters, digits, . _ -)")
+    ka.add_argument("--models", default="*", help="comma-separated model names the key may use (default *)")
+    ka.add_argument(
+        "--routes", default="*", help="comma-separated route groups: infer, metadata, metrics (default *)"
+    )
+    ka.add_argument("--admin", action="store_true", help="every model and route, the model repository too")
+    ka.add_argument("--rate", default=None, help="rate limit, e.g. 10/s, 600/m, 1000/h (default: none)")
+    ka.add_argument("--burst", type=int, default=None, help="requests allowed at once (default: 1s of rate)")
+    ka.set_defaults(func=_cmd_keys_add)
+    kl = keys.add_parser("list", help="the keys in a file: ids, scopes and limits (never the keys)")
+    kl.add_argument("file")
+    kl.set_defaults(func=_cmd_keys_list)
+    kr = keys.add_parser("revoke", help="remove a key from the file")
+    kr.add_argument("file")
+    kr.add_argument("id")
+    kr.set_defaults(func=_cmd_keys_revoke)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,13 +294,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", nargs="+", default=None, help="catalog targets to plan for (default: all of them)"
     )
     pp.add_argument("--catalog", default=None, help="a .json/.toml catalog merged over the shipped one")
-    pp.add_argument("--runtime", default="torch", help="runtime whose overheads apply (torch, onnxruntime)")
+    pp.add_argument(
+        "--runtime",
+        default=None,
+        help="runtime whose overheads apply: torch, torch-nn, onnxruntime "
+        "(default: torch-nn for CNNs, torch otherwise)",
+    )
     pp.add_argument("--json", action="store_true", help="print JSON instead of tables")
     pp.set_defaults(func=_cmd_plan)
 
     pb = sub.add_parser("build", help="optimise, measure and bundle a model")
     pb.add_argument("model", nargs="?", default=None, help="folder or hub id (default: all-MiniLM-L6-v2)")
-    pb.add_argument("--task", default="embed", choices=["embed"], help="what the model does")
+    pb.add_argument(
+        "--task",
+        default="embed",
+        choices=["embed", "classify"],
+        help="what the model does: embed (sentence embeddings) or classify (a fine-tuned classifier)",
+    )
+    pb.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE",
+        help="labelled evaluation data for --task classify: CSV, TSV, JSONL or Parquet with a text and a "
+        "label column (labels must be classes of the model's config id2label)",
+    )
+    pb.add_argument("--text-column", default="text", help="column of --data holding the text (default text)")
+    pb.add_argument(
+        "--label-column", default="label", help="column of --data holding the label (default label)"
+    )
+    pb.add_argument(
+        "--slice-by",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="also report accuracy per value of this column of --data (length buckets always); repeatable",
+    )
     pb.add_argument(
         "--max-quality-drop",
         type=float,
@@ -153,8 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pb.set_defaults(func=_cmd_build)
 
-    ps = sub.add_parser("serve", help="serve a bundle over HTTP (Open Inference Protocol v2, OpenAI)")
-    ps.add_argument("bundle", help="a bundle directory written by `kiln build`")
+    ps = sub.add_parser("serve", help="serve bundles over HTTP (Open Inference Protocol v2, OpenAI)")
+    ps.add_argument(
+        "bundle",
+        nargs="+",
+        help="a bundle directory written by `kiln build`, a model folder of numbered versions "
+        "(name/1/, name/2/), or a repository folder of those; give several to serve several models",
+    )
+    ps.add_argument(
+        "--canary",
+        action="append",
+        default=[],
+        type=_canary,
+        metavar="NAME=VERSION:PERCENT",
+        help="send PERCENT %% of NAME's unversioned requests to VERSION, the rest to its highest other "
+        "version (both are loaded); repeat per model",
+    )
     ps.add_argument("--host", default="127.0.0.1")
     ps.add_argument("--port", type=int, default=8000)
     ps.add_argument(
@@ -163,7 +376,50 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also serve Open Inference Protocol v2 over gRPC on this port (default: off)",
     )
+    pm = ps.add_argument_group("request log (kiln.monitor)")
+    pm.add_argument(
+        "--no-monitor", action="store_true", help="keep no request log (default: on; KILN_MONITOR=0)"
+    )
+    pm.add_argument(
+        "--monitor-db",
+        default=None,
+        metavar="URL",
+        help="request log database, e.g. postgresql+psycopg://user@host:5432/db "
+        "(default: SQLite at KILN_HOME/monitor/<model>.db; KILN_MONITOR_DB)",
+    )
+    pm.add_argument(
+        "--monitor-sample",
+        type=_fraction,
+        default=None,
+        metavar="FRACTION",
+        help="fraction of requests whose inputs and outputs are summarised, 0..1 "
+        "(default 0.1; KILN_MONITOR_SAMPLE)",
+    )
+    pm.add_argument(
+        "--keep-text",
+        action="store_true",
+        help="store sampled texts verbatim (default: only their sha256 and length; KILN_MONITOR_KEEP_TEXT)",
+    )
+    pm.add_argument(
+        "--monitor-retention-days",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="delete request-log rows older than DAYS (0: keep all, default 30; KILN_MONITOR_RETENTION_DAYS)",
+    )
+    pa = ps.add_argument_group("security")
+    pa.add_argument(
+        "--api-keys",
+        default=None,
+        metavar="FILE",
+        help="API keys file (`kiln keys add`): every route but health then needs a key (KILN_API_KEYS)",
+    )
+    pa.add_argument("--ssl-certfile", default=None, metavar="PEM", help="serve HTTPS (and gRPC TLS)")
+    pa.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="the certificate's private key")
     ps.set_defaults(func=_cmd_serve)
+
+    _add_keys_parser(sub)
+    _add_monitor_parser(sub)
 
     pr = sub.add_parser("run", help="the main job: build the default model (cached) and serve it")
     pr.add_argument("--no-serve", action="store_true", help="build (or reuse) the bundle, then exit")

@@ -10,11 +10,17 @@
     ├── BuildError                  export / optimisation / evaluation failed
     ├── BundleError                 a bundle is incomplete, tampered with or from an unknown version
     ├── PlanError                   no plan can be made (missing config, unknown target, bad catalog)
+    ├── ServeConfigError            ``kiln serve``'s own configuration is wrong (TLS files, keys file)
+    │   └── KeysFileError           the API keys file is missing, unreadable or malformed
+    ├── MonitorError                the request log cannot be opened or migrated (bad URL, server down)
     └── RequestError                a request to the server is malformed (serve/ maps these to HTTP)
         ├── InvalidInputError       wrong tensor name, shape, datatype or content
         ├── PayloadTooLargeError    too many items or bytes in one request
         ├── UnknownModelError       the request names a model the server does not have
-        └── OverloadedError         the model's queue is full: retry after ``retry_after`` seconds
+        ├── OverloadedError         the model's queue is full: retry after ``retry_after`` seconds
+        ├── AuthError               no API key, or not a valid one (the server has keys configured)
+        ├── ForbiddenError          a valid API key whose scopes do not cover the model or route
+        └── RateLimitedError        the API key is over its rate limit: retry after ``retry_after`` seconds
 
 Nothing here imports a web framework: only ``kiln.serve`` maps these to status codes.
 """
@@ -62,6 +68,18 @@ class PlanError(KilnError):
     """A plan cannot be made: the message says what was wrong and what to do."""
 
 
+class ServeConfigError(KilnError):
+    """``kiln serve``'s own configuration (TLS certificate and key, API keys file) cannot be used."""
+
+
+class KeysFileError(ServeConfigError):
+    """The API keys file is missing, unreadable or malformed (the message names the file and the fault)."""
+
+
+class MonitorError(KilnError):
+    """The request log's database cannot be opened or migrated (the message names it, redacted)."""
+
+
 class RequestError(KilnError):
     """A request to the server is malformed."""
 
@@ -80,6 +98,22 @@ class UnknownModelError(RequestError):
 
 class OverloadedError(RequestError):
     """A model's request queue is full; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
+class AuthError(RequestError):
+    """The request carries no API key, or one the server does not know (the server has keys configured)."""
+
+
+class ForbiddenError(RequestError):
+    """The API key is valid, but its scopes do not cover the model or route asked for."""
+
+
+class RateLimitedError(RequestError):
+    """The API key is over its rate limit; the client should retry after ``retry_after`` seconds."""
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)

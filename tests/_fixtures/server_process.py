@@ -58,7 +58,13 @@ def start_server(
 
     Output goes to ``log``; the caller waits for it (:func:`wait_ready`), stops it (:func:`stop_server`).
     """
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    # KILN_HOME beside the log: a test server's request log never lands in the user's cache
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "KILN_HOME": str(log.parent / "kiln-home"),
+        **(extra_env or {}),
+    }
     cmd = [sys.executable, "-m", "kiln.cli", "serve", str(bundle), "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "wb") as out:
         return subprocess.Popen([*cmd, *extra_args], stdout=out, stderr=subprocess.STDOUT, env=env)

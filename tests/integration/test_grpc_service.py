@@ -188,7 +188,9 @@ class _Failing(DataPlane):
     def resolve(self, name: str, version: str | None = None) -> ModelInfo:
         return self.info
 
-    async def ainfer(self, model_name: str, texts: Sequence[str], *, with_tokens: bool = False) -> Inference:
+    async def ainfer(
+        self, model_name: str, texts: Sequence[str], *, with_tokens: bool = False, version: str | None = None
+    ) -> Inference:
         raise self.error
 
 

@@ -152,7 +152,7 @@ def test_unexpected_errors_are_500_json_without_traceback(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dataplane = client.app.state.dataplane  # type: ignore[attr-defined]
-    served = dataplane._models["tiny-embed"]
+    served = dataplane._models["tiny-embed"].stable()
 
     def explode(texts: object) -> object:
         raise RuntimeError("secret internals at /srv/model.onnx")

@@ -56,7 +56,7 @@ def test_server_metadata(client: TestClient) -> None:
     assert client.get("/v2").json() == {
         "name": "kiln",
         "version": __version__,
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_repository"],
     }
 
 

@@ -1,29 +1,44 @@
-"""One protocol-agnostic dataplane: the loaded models, their metadata, readiness, limits and inference.
+"""One protocol-agnostic dataplane: the loaded models and versions, routing, readiness, limits, inference.
 
-Protocol adapters (``v2_rest``, ``openai_routes``) turn requests into plain Python values, call the
-dataplane and encode its answers; nothing here knows about HTTP. ``ainfer`` queues a request's texts with
-the model's ``TextBatcher`` (batching.py): texts of concurrent requests run together, in length buckets,
-on the model's own worker thread, so the event loop (and with it the health probes) stays responsive.
-One model call runs at a time in the whole dataplane: ONNX Runtime already uses every core per call.
-``start()`` / ``stop()`` start and stop the worker threads (the app's lifespan calls them; ``ainfer``
-also starts a worker that is not running).
+Protocol adapters (``v2_rest``, ``openai_routes``, ``grpc``) turn requests into plain Python values, call
+the dataplane and encode its answers; nothing here knows about HTTP. ``ainfer`` queues a request's texts
+with the model version's ``TextBatcher`` (batching.py): texts of concurrent requests run together, in
+length buckets, on that version's own worker thread, so the event loop (and with it the health probes)
+stays responsive. One model call runs at a time in the whole dataplane: ONNX Runtime already uses every
+core per call. ``start()`` / ``stop()`` start and stop the worker threads (the app's lifespan calls them;
+``ainfer`` also starts a worker that is not running).
+
+Models and versions: a model (a name plus aliases) serves one or more versions. A request that names a
+version gets it; one that does not goes to the model's *stable* version (the highest version that is not
+the canary), or, when a canary is set (``set_canary``) and loaded beside a stable version, to the canary
+with the canary's weight. ``install`` adds or replaces one version atomically (the switch is one dict
+update under a lock); ``remove`` takes versions out of routing and hands them back as ``Retired``:
+``Retired.drain()`` waits for the requests that were already routed to them, then stops their worker.
+The model repository (repository.py) builds hot swap, canary and unload on these three calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from kiln.errors import InvalidInputError, PayloadTooLargeError, UnknownModelError
+from kiln.monitor.capture import note_inference
 from kiln.serve.batching import BatchConfig, TextBatcher
 from kiln.settings import Settings
 
+log = logging.getLogger("kiln.serve")
+
 DEFAULT_VERSION = "1"
+DRAIN_TIMEOUT_S = 30.0
 
 
 class TextModel(Protocol):
@@ -58,6 +73,10 @@ class ModelInfo:
     variant: str | None = None
     created: int = 0
     """Unix time the model was built (OpenAI's ``created``); 0 when unknown."""
+    version: str = DEFAULT_VERSION
+    """The version this info describes (``versions``: every version of the model now loaded)."""
+    labels: tuple[str, ...] = ()
+    """Class names of a ``classify`` model: column ``k`` of its scores is ``labels[k]``."""
 
     @property
     def dimension(self) -> int:
@@ -82,21 +101,117 @@ class Inference:
 
     embeddings: np.ndarray
     prompt_tokens: int | None = None
+    version: str = DEFAULT_VERSION
+    """The model version that computed them."""
 
 
 InferenceObserver = Callable[[str, int, float], None]
 """Called after each model call (one batch) with (model name, number of texts, seconds)."""
 QueueDepthObserver = Callable[[str, int], None]
-"""Called with (model name, texts waiting) whenever a model's queue depth changes."""
+"""Called with (model name, texts waiting in all its versions) whenever a model's queue depth changes."""
 
 
-class _Served:
-    """A model with its metadata and its batcher."""
+def version_key(version: str) -> tuple[int, int, str]:
+    """Sort key for versions: numbers by value (``"10"`` after ``"9"``), then other names."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
-    def __init__(self, info: ModelInfo, model: TextModel, batcher: TextBatcher) -> None:
+
+@dataclass(frozen=True)
+class Canary:
+    """Send ``weight`` (0 < weight < 1) of a model's unversioned requests to ``version``."""
+
+    version: str
+    weight: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.weight < 1:
+            raise ValueError(f"a canary weight is a fraction between 0 and 1 (exclusive), not {self.weight}")
+
+
+class _Version:
+    """One loaded version: its metadata, model and batcher, and the requests routed to it not yet done."""
+
+    def __init__(self, info: ModelInfo, model: TextModel) -> None:
         self.info = info
         self.model = model
-        self.batcher = batcher
+        self.batcher: TextBatcher | None = None  # set by the dataplane right after
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    def enter(self) -> None:
+        with self._idle:
+            self._inflight += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.notify_all()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+
+
+class Retired:
+    """A version taken out of routing: ``drain()`` finishes the requests it already had, then stops it."""
+
+    def __init__(self, name: str, version: _Version) -> None:
+        self.name = name
+        self.version = version.info.version
+        self._served = version
+
+    def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
+        """Wait for the requests routed to this version (at most ``timeout`` s), then stop its worker
+        (which runs whatever is still queued first). Blocks: call it off the event loop."""
+        if not self._served.wait_idle(timeout):
+            log.warning(
+                "model %r version %s still had %d requests after %.0f s; stopping it anyway",
+                self.name,
+                self.version,
+                self._served.inflight,
+                timeout,
+            )
+        if self._served.batcher is not None:
+            self._served.batcher.stop(timeout)
+
+
+class _Model:
+    """A name, its aliases, its loaded versions and how unversioned requests are split between them."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.versions: dict[str, _Version] = {}
+        self.canary: Canary | None = None
+
+    def ordered(self) -> list[str]:
+        return sorted(self.versions, key=version_key)
+
+    def stable(self) -> _Version:
+        """The version unversioned requests go to when they do not go to the canary."""
+        order = self.ordered()
+        others = [v for v in order if self.canary is None or v != self.canary.version]
+        return self.versions[(others or order)[-1]]
+
+    def route(self, rng: random.Random) -> _Version:
+        canary = self.canary
+        stable = self.stable()
+        if canary is not None and canary.version in self.versions and stable.info.version != canary.version:
+            return self.versions[canary.version] if rng.random() < canary.weight else stable
+        return stable
+
+    def aliases(self) -> set[str]:
+        return {a for v in self.versions.values() for a in v.info.aliases} - {self.name}
+
+    def refresh_infos(self) -> None:
+        """Every version's info lists the versions now loaded."""
+        loaded = tuple(self.ordered())
+        for served in self.versions.values():
+            served.info = dataclasses.replace(served.info, versions=loaded)
 
 
 class DataPlane:
@@ -106,80 +221,202 @@ class DataPlane:
         observer: InferenceObserver | None = None,
         batching: BatchConfig | None = None,
         queue_observer: QueueDepthObserver | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.batching = batching or BatchConfig()
         self._observer = observer
         self._queue_observer = queue_observer
-        self._models: dict[str, _Served] = {}
-        self._names: dict[str, str] = {}
+        self._rng = rng or random.Random()
+        self._models: dict[str, _Model] = {}
+        self._names: dict[str, str] = {}  # name or alias -> model name
+        self._unloaded: dict[str, str] = {}  # name or alias of a model that was unloaded -> its name
+        self._lock = threading.RLock()  # guards _models, _names, routing and in-flight counting
+        self._started = False
         self._draining = False
         self._compute = threading.Lock()  # one model call at a time, across models: no oversubscription
 
     # -- models -------------------------------------------------------------------------------------
     def add(self, info: ModelInfo, model: TextModel) -> None:
-        """Serve ``model`` under ``info.name`` and its aliases."""
-        for key in (info.name, *sorted(info.aliases)):
-            owner = self._names.get(key)
-            if owner is not None and owner != info.name:
-                raise ValueError(f"model name {key!r} is already taken by {owner!r}")
-        batcher = TextBatcher(
+        """Serve ``model`` as version ``info.version`` of ``info.name`` (a version already there is
+        replaced, and stopped once its requests are done: this call may block until then)."""
+        retired = self.install(info, model)
+        if retired is not None:
+            retired.drain()
+
+    def install(self, info: ModelInfo, model: TextModel) -> Retired | None:
+        """Serve ``model`` as version ``info.version`` of model ``info.name``, atomically: the next request
+        routed to that version (or to the model, when it becomes the stable version) runs on it.
+
+        A name always means its own model; aliases are best effort: an alias that is another model's
+        name, or already another model's alias, stays theirs. The version this replaces, if any, comes
+        back as ``Retired`` (drain it off the event loop).
+        """
+        served = _Version(info, model)
+        served.batcher = TextBatcher(
             info.name,
-            run=lambda texts: self._embed(info.name, texts),
+            run=lambda texts: self._embed(served, texts),
             count_tokens=model.count_tokens,
             config=self.batching,
             on_queue=self._queue_callback(info.name),
         )
-        self._models[info.name] = _Served(info, model, batcher)
-        for key in (info.name, *info.aliases):
-            self._names.setdefault(key, info.name)
+        with self._lock:
+            entry = self._models.get(info.name)
+            if entry is None:
+                entry = self._models[info.name] = _Model(info.name)
+            old = entry.versions.get(info.version)
+            entry.versions[info.version] = served
+            entry.refresh_infos()
+            self._reindex()
+            for key in (info.name, *info.aliases):
+                self._unloaded.pop(key, None)
+            if self._started:
+                served.batcher.start()
+        return Retired(info.name, old) if old is not None else None
+
+    def remove(self, name: str, versions: Iterable[str] | None = None) -> list[Retired]:
+        """Take ``versions`` (default: all) of model ``name`` out of routing; drain what comes back.
+
+        A model left with no version is gone: requests naming it are told it was unloaded.
+        """
+        with self._lock:
+            entry = self._models.get(self.resolve(name).name)
+            assert entry is not None
+            chosen = list(entry.versions) if versions is None else list(versions)
+            missing = [v for v in chosen if v not in entry.versions]
+            if missing:
+                raise UnknownModelError(self._no_version_message(entry, missing[0]))
+            names = {entry.name, *entry.aliases()}
+            retired = [Retired(entry.name, entry.versions.pop(v)) for v in chosen]
+            if not entry.versions:
+                del self._models[entry.name]
+                self._unloaded.update(dict.fromkeys(names, entry.name))
+            else:
+                entry.refresh_infos()
+            self._reindex()
+        return retired
+
+    def set_canary(self, name: str, canary: Canary | None) -> None:
+        """Split ``name``'s unversioned requests: ``canary.weight`` to ``canary.version`` (once it is loaded
+        beside another version), the rest to the stable version. ``None`` ends the split."""
+        with self._lock:
+            self._models[self.resolve(name).name].canary = canary
+
+    def _reindex(self) -> None:
+        """Rebuild the name/alias table: names first, then aliases in model order, first come first served."""
+        names = {m: m for m in self._models}
+        for entry in self._models.values():
+            for alias in sorted(entry.aliases()):
+                if alias not in names:
+                    names[alias] = entry.name
+        self._names = names
 
     def _queue_callback(self, name: str) -> Callable[[int], None] | None:
         observer = self._queue_observer
         if observer is None:
             return None
-        return lambda depth: observer(name, depth)
+        return lambda _depth: observer(name, self._depth_of(name))
+
+    def _depth_of(self, name: str) -> int:
+        entry = self._models.get(name)
+        if entry is None:
+            return 0
+        return sum(v.batcher.depth for v in list(entry.versions.values()) if v.batcher is not None)
+
+    def _batchers(self) -> list[TextBatcher]:
+        with self._lock:
+            return [
+                v.batcher for m in self._models.values() for v in m.versions.values() if v.batcher is not None
+            ]
 
     def start(self) -> None:
-        """Start every model's batching worker thread."""
-        for served in self._models.values():
-            served.batcher.start()
+        """Start every version's batching worker thread (and those of versions installed later)."""
+        self._started = True
+        for batcher in self._batchers():
+            batcher.start()
 
     def stop(self) -> None:
         """Run what is queued, then stop the worker threads (blocks: call it off the event loop)."""
-        for served in self._models.values():
-            served.batcher.stop()
+        self._started = False
+        for batcher in self._batchers():
+            batcher.stop()
 
     def queue_depth(self, name: str) -> int:
-        """Texts waiting for a batch of model ``name``."""
-        return self._models[self.resolve(name).name].batcher.depth
+        """Texts waiting for a batch of model ``name`` (all its versions)."""
+        return self._depth_of(self.resolve(name).name)
 
     @property
     def model_names(self) -> list[str]:
         return list(self._models)
 
     def models(self) -> list[ModelInfo]:
-        return [s.info for s in self._models.values()]
+        """The stable version's info of every model."""
+        with self._lock:
+            return [m.stable().info for m in self._models.values()]
 
-    def resolve(self, name: str, version: str | None = None) -> ModelInfo:
-        """The model served as ``name`` (its name or an alias), optionally at ``version``."""
+    def loaded_versions(self) -> dict[str, list[str]]:
+        """Model name -> its loaded versions, in version order."""
+        with self._lock:
+            return {name: m.ordered() for name, m in self._models.items()}
+
+    def _entry(self, name: str) -> _Model:
         canonical = self._names.get(name)
         if canonical is None:
             served = ", ".join(repr(n) for n in self._models) or "none"
+            if name in self._unloaded:
+                was = self._unloaded[name]
+                raise UnknownModelError(
+                    f"model {name!r} is unloaded; load it again through the model repository "
+                    f"(POST /v2/repository/models/{was}/load). This server serves: {served}"
+                )
             raise UnknownModelError(f"unknown model {name!r}; this server serves: {served}")
-        info = self._models[canonical].info
-        if version is not None and version not in info.versions:
-            raise UnknownModelError(
-                f"model {canonical!r} has no version {version!r}; versions: {', '.join(info.versions)}"
+        return self._models[canonical]
+
+    @staticmethod
+    def _no_version_message(entry: _Model, version: str) -> str:
+        return (
+            f"model {entry.name!r} has no version {version!r} loaded; versions: {', '.join(entry.ordered())}"
+        )
+
+    def _version(self, name: str, version: str | None) -> _Version:
+        with self._lock:
+            entry = self._entry(name)
+            if version is None:
+                return entry.stable()
+            served = entry.versions.get(version)
+            if served is None:
+                raise UnknownModelError(self._no_version_message(entry, version))
+            return served
+
+    def resolve(self, name: str, version: str | None = None) -> ModelInfo:
+        """The model served as ``name`` (its name or an alias): ``version``, or the stable version."""
+        return self._version(name, version).info
+
+    def route(self, name: str, version: str | None = None) -> ModelInfo:
+        """Like ``resolve``, but an unversioned request may go to the canary (by its weight)."""
+        info = self.resolve(name, version)
+        if version is not None:
+            return info
+        with self._lock:
+            entry = self._models.get(info.name)
+            return entry.route(self._rng).info if entry is not None else info
+
+    def _enter(self, name: str, version: str | None) -> _Version:
+        """Route a request and count it in flight on its version, atomically with respect to ``remove``."""
+        with self._lock:
+            served = (
+                self._version(name, version) if version is not None else self._entry(name).route(self._rng)
             )
-        return info
+            served.enter()
+            return served
 
     # -- health -------------------------------------------------------------------------------------
     def is_live(self) -> bool:
         return True
 
     def is_ready(self, name: str | None = None, version: str | None = None) -> bool:
-        """Ready when loaded and not shutting down; raises ``UnknownModelError`` for an unknown name."""
+        """Ready when loaded and not shutting down; raises ``UnknownModelError`` for an unknown (or
+        unloaded) model or version."""
         if name is not None:
             self.resolve(name, version)
         return bool(self._models) and not self._draining
@@ -216,36 +453,56 @@ class DataPlane:
                         f"text {i} is not valid Unicode (it holds a lone surrogate such as \\ud800)"
                     ) from None
 
-    def infer(self, model_name: str, texts: Sequence[str]) -> np.ndarray:
+    def infer(self, model_name: str, texts: Sequence[str], version: str | None = None) -> np.ndarray:
         """Embeddings of ``texts`` (float32 ``[n, dim]``), computed in the calling thread (no batching)."""
         items = list(texts)
-        name = self.resolve(model_name).name
         self.check_texts(items)
-        return self._embed(name, items)
+        served = self._enter(model_name, version)
+        try:
+            return self._embed(served, items)
+        finally:
+            served.leave()
 
-    async def ainfer(self, model_name: str, texts: Sequence[str], *, with_tokens: bool = False) -> Inference:
-        """Embeddings of ``texts``, batched with other requests' texts off the event loop; optionally the
-        tokens they cost. Raises ``OverloadedError`` at once when the model's queue is full."""
+    async def ainfer(
+        self,
+        model_name: str,
+        texts: Sequence[str],
+        *,
+        with_tokens: bool = False,
+        version: str | None = None,
+    ) -> Inference:
+        """Embeddings of ``texts`` from ``version`` (default: routed, see the module doc), batched with
+        other requests' texts off the event loop; optionally the tokens they cost. Raises
+        ``OverloadedError`` at once when the version's queue is full."""
         items = list(texts)
-        served = self._models[self.resolve(model_name).name]
+        self.resolve(model_name, version)  # an unknown model is reported before a malformed input
         self.check_texts(items)  # fail fast, before queueing
-        result = await served.batcher.submit(items)
+        served = self._enter(model_name, version)
+        try:
+            assert served.batcher is not None
+            result = await served.batcher.submit(items)
+        finally:
+            served.leave()
+        # for the request log, when one is capturing this request (no I/O here)
+        note_inference(served.info.name, items, result.tokens, result.embeddings, version=served.info.version)
         return Inference(
-            embeddings=result.embeddings, prompt_tokens=sum(result.tokens) if with_tokens else None
+            embeddings=result.embeddings,
+            prompt_tokens=sum(result.tokens) if with_tokens else None,
+            version=served.info.version,
         )
 
-    def _embed(self, name: str, texts: list[str]) -> np.ndarray:
+    def _embed(self, served: _Version, texts: list[str]) -> np.ndarray:
         """One model call: float32 rows in input order, shape-checked and observed."""
-        served = self._models[name]
+        info = served.info
         with self._compute:
             start = time.perf_counter()
             embeddings = np.ascontiguousarray(served.model.embed(texts), dtype=np.float32)
             seconds = time.perf_counter() - start
-        if embeddings.shape != (len(texts), served.info.dimension):
+        if embeddings.shape != (len(texts), info.dimension):
             raise RuntimeError(
-                f"model {served.info.name!r} returned shape {embeddings.shape} for {len(texts)} texts; "
-                f"expected ({len(texts)}, {served.info.dimension})"
+                f"model {info.name!r} version {info.version} returned shape {embeddings.shape} for "
+                f"{len(texts)} texts; expected ({len(texts)}, {info.dimension})"
             )
         if self._observer is not None:
-            self._observer(served.info.name, len(texts), seconds)
+            self._observer(info.name, len(texts), seconds)
         return embeddings

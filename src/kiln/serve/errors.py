@@ -1,8 +1,11 @@
 """kiln errors -> HTTP status codes and each protocol's JSON error shape (the only such mapping in kiln).
 
+AuthError               401, with ``WWW-Authenticate: Bearer``
+ForbiddenError          403
 UnknownModelError       404
 PayloadTooLargeError    413
 OverloadedError         429, with ``Retry-After: <seconds>``
+RateLimitedError        429, with ``Retry-After: <seconds>``
 other RequestError      400
 anything else           500, generic message; the traceback goes to the server log only
 
@@ -21,7 +24,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiln.errors import KilnError, OverloadedError, PayloadTooLargeError, RequestError, UnknownModelError
+from kiln.errors import (
+    AuthError,
+    ForbiddenError,
+    KilnError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    RequestError,
+    UnknownModelError,
+)
 
 log = logging.getLogger("kiln.serve")
 
@@ -43,15 +55,34 @@ def status_for(exc: BaseException) -> int:
         return 404
     if isinstance(exc, PayloadTooLargeError):
         return 413
-    if isinstance(exc, OverloadedError):
+    if isinstance(exc, (OverloadedError, RateLimitedError)):
         return 429
+    if isinstance(exc, AuthError):
+        return 401
+    if isinstance(exc, ForbiddenError):
+        return 403
     if isinstance(exc, RequestError):
         return 400
     return 500
 
 
+def headers_for(exc: BaseException) -> dict[str, str] | None:
+    """Response headers an error needs: ``Retry-After`` for 429s, ``WWW-Authenticate`` for 401s."""
+    if isinstance(exc, (OverloadedError, RateLimitedError)):
+        return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, AuthError):
+        return {"WWW-Authenticate": "Bearer"}
+    return None
+
+
 def _openai_code(status: int) -> str | None:
-    return {404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}.get(status)
+    return {
+        401: "invalid_api_key",
+        403: "permission_denied",
+        404: "model_not_found",
+        413: "request_too_large",
+        429: "rate_limit_exceeded",
+    }.get(status)
 
 
 def error_body(path: str, status: int, message: str, param: str | None = None) -> dict[str, Any]:
@@ -82,8 +113,8 @@ def _kiln_response(request: Request, exc: BaseException, param: str | None = Non
     if status >= 500:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(request.url.path, status, INTERNAL_MESSAGE)
-    if isinstance(exc, OverloadedError):  # no field of the request is at fault
-        headers = {"Retry-After": str(exc.retry_after)}
+    headers = headers_for(exc)
+    if headers is not None:  # overloaded, rate-limited, no key: no field of the request is at fault
         return error_response(request.url.path, status, str(exc), None, headers)
     return error_response(request.url.path, status, str(exc), param)
 

@@ -8,12 +8,15 @@ from datetime import datetime
 import numpy as np
 from pydantic import ValidationError
 
+from kiln.bench.quality_classify import softmax
 from kiln.bundle.load import Bundle
 from kiln.errors import BundleError, TaskError
 from kiln.runtime.embedder import OnnxEmbedder
 from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
-from kiln.serve.dataplane import ModelInfo, TensorSpec
+from kiln.serve.dataplane import ModelInfo, TensorSpec, TextModel
+from kiln.tasks.classify_config import TASK_NAME as CLASSIFY
+from kiln.tasks.classify_config import ClassifyConfig
 from kiln.tasks.embed_config import TASK_NAME, EmbedConfig
 
 WARMUP_TEXT = "kiln warm-up"
@@ -88,3 +91,81 @@ def load_embed_model(bundle: Bundle, threads: int = 0) -> tuple[ModelInfo, Embed
         created=created_timestamp(bundle.manifest.created_at),
     )
     return info, model
+
+
+class ClassifyModel:
+    """An exported classifier (logits out) whose rows the dataplane sees as softmax ``scores``."""
+
+    def __init__(self, runner: OnnxEmbedder, labels: Sequence[str]) -> None:
+        self.runner = runner
+        self.labels = tuple(labels)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities ``[n, classes]`` (float32); column ``k`` is ``labels[k]``."""
+        return softmax(self.runner.embed(texts)).astype(np.float32)
+
+    def classify(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        scores = self.embed(texts)
+        return top_labels(self.labels, scores), scores
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        mask = self.runner.tokenizer.encode(texts)["attention_mask"]
+        return [int(n) for n in mask.sum(axis=1)]
+
+
+def top_labels(labels: Sequence[str], scores: np.ndarray) -> list[str]:
+    """The name of each row's highest-scoring class."""
+    return [labels[int(k)] for k in np.asarray(scores).argmax(axis=1)]
+
+
+def classify_config(bundle: Bundle) -> ClassifyConfig:
+    try:
+        return ClassifyConfig.model_validate(bundle.manifest.task_config)
+    except ValidationError as exc:
+        raise BundleError(f"bundle {bundle.root} has an invalid classify task_config: {exc}") from exc
+
+
+def load_classify_model(bundle: Bundle, threads: int = 0) -> tuple[ModelInfo, ClassifyModel]:
+    """Open a classify bundle, run one warm-up text and check it returns one score per class."""
+    config = classify_config(bundle)
+    backend = OnnxBackend(bundle.artifact_path, threads=threads)
+    tokenizer = TextTokenizer(bundle.tokenizer_path, max_length=config.max_length)
+    model = ClassifyModel(OnnxEmbedder(backend, tokenizer), config.labels)
+    n = len(config.labels)
+    out = model.embed([WARMUP_TEXT])
+    if out.shape != (1, n):
+        raise BundleError(
+            f"bundle {bundle.root}: the model returns shape {tuple(out.shape)} for one text, "
+            f"but the manifest names {n} classes; rebuild the bundle"
+        )
+    info = ModelInfo(
+        name=bundle.manifest.model_name,
+        inputs=(TensorSpec(config.input_name, "BYTES", (-1,)),),
+        # scores first: the dataplane checks each batch's rows against outputs[0]'s last dimension
+        outputs=(
+            TensorSpec(config.scores_output, "FP32", (-1, n)),
+            TensorSpec(config.label_output, "BYTES", (-1,)),
+        ),
+        aliases=aliases(bundle),
+        task=CLASSIFY,
+        max_length=config.max_length,
+        variant=bundle.manifest.chosen,
+        created=created_timestamp(bundle.manifest.created_at),
+        labels=tuple(config.labels),
+    )
+    return info, model
+
+
+def load_model(bundle: Bundle, threads: int = 0) -> tuple[ModelInfo, TextModel]:
+    """Load a bundle of any task kiln serves."""
+    if bundle.manifest.task == CLASSIFY:
+        return load_classify_model(bundle, threads)
+    return load_embed_model(bundle, threads)
+
+
+def output_arrays(info: ModelInfo, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """A batch's rows as the model's named output tensors (classify: ``scores`` and ``label``)."""
+    if info.task == CLASSIFY:
+        scores, label = info.outputs[0].name, info.outputs[1].name
+        return {scores: rows, label: np.asarray(top_labels(info.labels, rows), dtype=object)}
+    return {info.outputs[0].name: rows}

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kiln.errors import InvalidInputError, RequestError
+from kiln.serve.auth import authorize_model
 from kiln.serve.body import read_body
 from kiln.serve.dataplane import DataPlane, ModelInfo
 from kiln.serve.errors import ParamError
@@ -94,6 +95,7 @@ class OpenAIAdapter:
         except RequestError as exc:
             raise ParamError(exc, "model") from None
         set_model_label(request, info.name)
+        authorize_model(request, info.name)  # the API key's model scope (no-op without keys)
         return info
 
     async def list_models(self, request: Request) -> Response:
@@ -106,6 +108,14 @@ class OpenAIAdapter:
         body = await read_body(request, self.max_request_bytes)
         req = parse_embeddings_request(body)
         info = self._resolve(request, req.model)
+        if info.task != "embed":
+            raise ParamError(
+                InvalidInputError(
+                    f"model {info.name!r} is a {info.task!r} model; /v1/embeddings serves embed models"
+                    + (" (use /v1/classify)" if info.task == "classify" else "")
+                ),
+                "model",
+            )
         if req.dimensions is not None and req.dimensions != info.dimension:
             raise ParamError(
                 InvalidInputError(

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
+import ssl
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from kiln.bundle.load import load_bundle
-from kiln.serve.app import create_app
+from kiln.errors import ServeConfigError
+from kiln.serve.access_log import ACCESS_LOGGER
+from kiln.serve.app import create_repository_app
+from kiln.serve.auth import Guard, exposure_warning
 from kiln.serve.dataplane import DataPlane
+from kiln.serve.repository import CanarySpec
 from kiln.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,12 +40,47 @@ def _configure_logging() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
         log.addHandler(handler)
+        access = logging.getLogger(ACCESS_LOGGER)  # JSON lines, alone on stdout
+        access_handler = logging.StreamHandler(sys.stdout)
+        access_handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(access_handler)
+        access.propagate = False
     log.setLevel(logging.INFO)
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
 
 
-def base_url(host: str, port: int) -> str:
+def base_url(host: str, port: int, scheme: str = "http") -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
+
+
+TlsFiles = tuple[Path, Path]
+"""(certificate, private key), PEM files."""
+
+
+def check_tls(certfile: Path | None, keyfile: Path | None) -> TlsFiles | None:
+    """Both files or neither; ``ServeConfigError`` if they are missing or do not make a usable pair."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise ServeConfigError("TLS needs both --ssl-certfile and --ssl-keyfile (PEM files)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(certfile), str(keyfile))
+    except (OSError, ssl.SSLError) as exc:
+        raise ServeConfigError(
+            f"cannot use TLS certificate {certfile} with key {keyfile}: {exc} "
+            "(both must be PEM files, the key unencrypted and matching the certificate)"
+        ) from None
+    return Path(certfile), Path(keyfile)
+
+
+def _uvicorn_options(settings: Settings, tls: TlsFiles | None) -> dict[str, Any]:
+    """TLS, and uvicorn's own access log only when kiln's JSON one is off."""
+    options: dict[str, Any] = {"access_log": not settings.access_log}
+    if tls is not None:
+        options.update(ssl_certfile=str(tls[0]), ssl_keyfile=str(tls[1]))
+    return options
 
 
 class Servers(uvicorn.Server):
@@ -51,9 +92,13 @@ class Servers(uvicorn.Server):
         dataplane: DataPlane,
         grpc_port: int | None = None,
         max_message_bytes: int = Settings.max_request_bytes,
+        guard: Guard | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         super().__init__(config)
         self.dataplane = dataplane
+        self.guard = guard
+        self.tls = tls
         self.grpc_port = grpc_port
         self.grpc_bound: int | None = None
         self.max_message_bytes = max_message_bytes
@@ -69,11 +114,12 @@ class Servers(uvicorn.Server):
             raise
 
     async def _start_grpc(self, port: int) -> None:
-        from kiln.serve.grpc.service import address, bind, create_grpc_server
+        from kiln.serve.grpc.service import address, bind, create_grpc_server, tls_credentials
 
-        server = create_grpc_server(self.dataplane, self.max_message_bytes)
+        server = create_grpc_server(self.dataplane, self.max_message_bytes, self.guard)
+        credentials = tls_credentials(*self.tls) if self.tls is not None else None
         try:
-            self.grpc_bound = bind(server, self.config.host, port)
+            self.grpc_bound = bind(server, self.config.host, port, credentials)
         except OSError as exc:
             log.error("%s", exc)
             sys.exit(STARTUP_FAILURE)
@@ -96,32 +142,76 @@ class Servers(uvicorn.Server):
 
 
 def run_server(
-    bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, grpc_port: int | None = None
+    bundle_dir: Path | Sequence[Path],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    grpc_port: int | None = None,
+    canaries: Sequence[CanarySpec] = (),
+    settings: Settings | None = None,
+    api_keys: Path | None = None,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
 ) -> None:
-    """Verify and load the bundle, then serve it until interrupted (SIGINT / SIGTERM).
+    """Verify and load the bundles, then serve them until interrupted (SIGINT / SIGTERM).
 
+    ``bundle_dir``: one or more bundle folders, versioned model folders (``name/1/``, ``name/2/``) or
+    repository folders of those (see ``kiln.serve.repository``); ``canaries``: weighted traffic splits.
     ``grpc_port``: also serve the Open Inference Protocol over gRPC on that port (0: any free port);
-    ``None`` (the default) serves HTTP only.
+    ``None`` (the default) serves HTTP only. SIGTERM stops accepting connections, lets the requests in
+    flight finish (at most ``GRACEFUL_SHUTDOWN_S``), drains the batch queues, then exits.
+    ``settings``: default ``Settings.from_env()``. ``api_keys``: the API keys file (overrides
+    ``KILN_API_KEYS``); ``ssl_certfile`` / ``ssl_keyfile``: serve HTTPS (and gRPC over TLS).
     """
     _configure_logging()
-    settings = Settings.from_env()
-    bundle = load_bundle(Path(bundle_dir))
-    app = create_app(bundle, settings)
-    name = bundle.manifest.model_name
-    url = base_url(host, port)
-    log.info("serving model %r (variant %s) from %s at %s", name, bundle.manifest.chosen, bundle.root, url)
+    settings = settings or Settings.from_env()
+    if api_keys is not None:
+        settings = dataclasses.replace(settings, api_keys=Path(api_keys))
+    tls = check_tls(ssl_certfile, ssl_keyfile)
+    paths = [Path(bundle_dir)] if isinstance(bundle_dir, (str, Path)) else [Path(p) for p in bundle_dir]
+    app = create_repository_app(paths, settings, canaries)
+    url = base_url(host, port, "https" if tls is not None else "http")
+    guard: Guard | None = app.state.guard
+    warning = exposure_warning(host, guard is not None)
+    if warning is not None:
+        log.warning("\n%s", warning)
+    dataplane: DataPlane = app.state.dataplane
+    for info in dataplane.models():
+        versions = ", ".join(info.versions)
+        log.info("serving model %r version(s) %s (variant %s) at %s", info.name, versions, info.variant, url)
+    name = dataplane.model_names[0]
     log.info("  Open Inference Protocol v2: POST %s/v2/models/%s/infer", url, name)
+    log.info("  model repository (admin):   POST %s/v2/repository/index", url)
     log.info("  OpenAI-compatible:          POST %s/v1/embeddings", url)
     log.info("  health: %s/v2/health/ready   metrics: %s/metrics", url, url)
+    if guard is not None:
+        keys = len(guard.store.keys)
+        log.info("  API keys: %d from %s (every route but health needs one)", keys, settings.api_keys)
+    if app.state.request_log is not None:
+        stats = app.state.request_log.stats()
+        texts = "kept" if stats["keep_text"] else "sha256 + length only"
+        log.info("  request log: %s (sample %g, texts %s)", stats["store"], stats["sample"], texts)
+        log.info("               %s/v2/monitor/stats", url)
+    else:
+        log.info("  request log: off")
     if grpc_port is None:
         uvicorn.run(
-            app, host=host, port=port, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            **_uvicorn_options(settings, tls),
         )
         return
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        **_uvicorn_options(settings, tls),
     )
-    server = Servers(config, app.state.dataplane, grpc_port, settings.max_request_bytes)
+    server = Servers(config, app.state.dataplane, grpc_port, settings.max_request_bytes, guard, tls)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     if not server.started:

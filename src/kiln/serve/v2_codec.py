@@ -106,6 +106,18 @@ def little_endian_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
+def output_datatype(array: np.ndarray) -> str:
+    """The v2 datatype of an output array (an ``object`` array of strings is BYTES)."""
+    return "BYTES" if array.dtype == np.dtype(object) else DATATYPES[array.dtype]
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """An output's binary encoding: BYTES elements length-prefixed, numbers little-endian."""
+    if array.dtype == np.dtype(object):
+        return encode_bytes_tensor([str(x) for x in array.ravel().tolist()])
+    return little_endian_bytes(array)
+
+
 def _flatten_strings(data: Any, name: str) -> list[str]:
     if not isinstance(data, list):
         data = [data]
@@ -239,11 +251,11 @@ def encode_infer_response(
     for requested, array in tensors:
         entry: dict[str, Any] = {
             "name": requested.name,
-            "datatype": DATATYPES[array.dtype],
+            "datatype": output_datatype(array),
             "shape": list(array.shape),
         }
         if requested.binary:
-            raw = little_endian_bytes(array)
+            raw = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:

@@ -65,12 +65,15 @@ def test_resolve_by_name_alias_and_version(plane) -> None:
         dp.resolve("fake", "2")
 
 
-def test_add_refuses_a_taken_name(plane) -> None:
+def test_aliases_are_best_effort_and_names_win(plane) -> None:
     dp, _, _ = plane
-    with pytest.raises(ValueError, match="already taken"):
-        dp.add(fake_info("second", aliases=frozenset({"fake-alias"})), FakeModel())
-    dp.add(fake_info("second", aliases=frozenset()), FakeModel())
+    dp.add(fake_info("second", aliases=frozenset({"fake-alias", "fake", "second-alias"})), FakeModel())
     assert dp.model_names == ["fake", "second"]
+    assert dp.resolve("fake-alias").name == "fake"  # the first model keeps its alias
+    assert dp.resolve("fake").name == "fake"  # a name always means its own model
+    assert dp.resolve("second-alias").name == "second"
+    dp.add(fake_info("fake-alias", aliases=frozenset()), FakeModel())  # a new name takes over an alias
+    assert dp.resolve("fake-alias").name == "fake-alias"
 
 
 def test_readiness_and_drain(plane) -> None:

@@ -17,11 +17,11 @@ from kiln.errors import InvalidInputError
 from kiln.serve.dataplane import ModelInfo, TensorSpec
 from kiln.serve.grpc import grpc_predict_v2_pb2 as pb
 from kiln.serve.v2_codec import (
-    DATATYPES,
     InferRequest,
     RequestedOutput,
     decode_bytes_tensor,
-    little_endian_bytes,
+    output_datatype,
+    tensor_bytes,
     text_count,
 )
 
@@ -135,10 +135,12 @@ def encode_infer_response(
     if any(r.binary for r, _ in tensors) and not all(r.binary for r, _ in tensors):
         raise ValueError("raw and typed outputs cannot be mixed in one gRPC response")
     for requested, array in tensors:
-        datatype = DATATYPES[array.dtype]
+        datatype = output_datatype(array)
         output = response.outputs.add(name=requested.name, datatype=datatype, shape=list(array.shape))
         if requested.binary:
-            response.raw_output_contents.append(little_endian_bytes(array))
+            response.raw_output_contents.append(tensor_bytes(array))
+        elif datatype == "BYTES":
+            output.contents.bytes_contents.extend(str(x).encode("utf-8") for x in array.ravel().tolist())
         elif datatype == "FP32":
             output.contents.fp32_contents.extend(array.ravel().tolist())
         elif datatype == "FP64":

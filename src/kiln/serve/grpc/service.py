@@ -7,6 +7,9 @@ UnknownModelError       NOT_FOUND
 PayloadTooLargeError    RESOURCE_EXHAUSTED  (too many texts; a message over the size limit gets the same
                                              code from gRPC itself)
 OverloadedError         RESOURCE_EXHAUSTED  (queue full; trailing metadata ``retry-after: <seconds>``)
+RateLimitedError        RESOURCE_EXHAUSTED  (the API key's rate; trailing metadata ``retry-after``)
+AuthError               UNAUTHENTICATED     (no API key in the metadata, or an unknown one)
+ForbiddenError          PERMISSION_DENIED   (the key's scopes do not cover the method or model)
 other RequestError      INVALID_ARGUMENT
 anything else           INTERNAL, generic message; the traceback goes to the server log only
 """
@@ -16,17 +19,29 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
 from kiln import __version__
-from kiln.errors import OverloadedError, PayloadTooLargeError, RequestError, UnknownModelError
-from kiln.serve.dataplane import DEFAULT_VERSION, DataPlane
+from kiln.errors import (
+    AuthError,
+    ForbiddenError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    RequestError,
+    UnknownModelError,
+)
+from kiln.serve.auth import GRPC_ROUTES, Guard, key_from_metadata
+from kiln.serve.dataplane import DataPlane
 from kiln.serve.grpc import codec
 from kiln.serve.grpc import grpc_predict_v2_pb2 as pb
 from kiln.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from kiln.serve.keys import ADMIN_ROUTES
+from kiln.serve.models import output_arrays
 
 log = logging.getLogger("kiln.serve")
 
@@ -45,8 +60,12 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status code and message a failed RPC answers with."""
     if isinstance(exc, UnknownModelError):
         return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, (PayloadTooLargeError, OverloadedError)):
+    if isinstance(exc, (PayloadTooLargeError, OverloadedError, RateLimitedError)):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, AuthError):
+        return grpc.StatusCode.UNAUTHENTICATED, str(exc)
+    if isinstance(exc, ForbiddenError):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
     if isinstance(exc, RequestError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
@@ -58,6 +77,7 @@ def _mapped_errors(handler: _Handler[_Request, _Response]) -> _Handler[_Request,
     @functools.wraps(handler)
     async def wrapper(self: Any, request: _Request, context: grpc.aio.ServicerContext) -> _Response:
         try:
+            await self.authorize(handler.__name__, request, context)
             return await handler(self, request, context)
         except grpc.aio.AbortError:
             raise
@@ -65,7 +85,7 @@ def _mapped_errors(handler: _Handler[_Request, _Response]) -> _Handler[_Request,
             code, message = status_for(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.error("gRPC %s failed", handler.__name__, exc_info=exc)
-            if isinstance(exc, OverloadedError):
+            if isinstance(exc, (OverloadedError, RateLimitedError)):
                 context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
             await context.abort(code, message)
             raise AssertionError("unreachable: context.abort raises") from None
@@ -76,8 +96,21 @@ def _mapped_errors(handler: _Handler[_Request, _Response]) -> _Handler[_Request,
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """The six RPCs of the Open Inference Protocol's gRPC API, over one dataplane."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, guard: Guard | None = None) -> None:
         self.dataplane = dataplane
+        self.guard = guard
+
+    async def authorize(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """With API keys configured: the metadata's key must cover ``method`` (and its model), within rate."""
+        group = GRPC_ROUTES.get(method, ADMIN_ROUTES)
+        if self.guard is None or group is None:
+            return
+        key = await self.guard.authenticate(key_from_metadata(context.invocation_metadata()))
+        self.guard.authorize_route(key, group)
+        self.guard.admit(key)
+        name = getattr(request, "model_name", None) or getattr(request, "name", None)
+        if isinstance(name, str) and method.startswith("Model"):
+            self.guard.authorize_model(key, self.dataplane.resolve(name).name)
 
     @_mapped_errors
     async def ServerLive(
@@ -114,12 +147,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        info = self.dataplane.resolve(request.model_name, request.model_version or None)
+        info = self.dataplane.route(request.model_name, request.model_version or None)
         parsed = codec.parse_infer_request(request, info)
-        result = await self.dataplane.ainfer(info.name, parsed.texts)
-        arrays = {info.outputs[0].name: result.embeddings}
+        result = await self.dataplane.ainfer(info.name, parsed.texts, version=info.version)
+        arrays = output_arrays(info, result.embeddings)
         tensors = [(out, arrays[out.name]) for out in parsed.outputs]
-        version = request.model_version or DEFAULT_VERSION
+        version = result.version
         return codec.encode_infer_response(info.name, version, parsed.id, tensors)
 
 
@@ -128,8 +161,10 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def create_grpc_server(dataplane: DataPlane, max_message_bytes: int) -> grpc.aio.Server:
-    """A ``grpc.aio`` server (not yet bound or started) serving ``dataplane``.
+def create_grpc_server(
+    dataplane: DataPlane, max_message_bytes: int, guard: Guard | None = None
+) -> grpc.aio.Server:
+    """A ``grpc.aio`` server (not yet bound or started) serving ``dataplane`` (API keys: ``guard``).
 
     Call it with an event loop running. A request message over ``max_message_bytes`` is refused by gRPC
     with RESOURCE_EXHAUSTED before it reaches kiln.
@@ -140,15 +175,26 @@ def create_grpc_server(dataplane: DataPlane, max_message_bytes: int) -> grpc.aio
             ("grpc.so_reuseport", 0),  # a port already in use is an error, never silently shared
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(dataplane), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(dataplane, guard), server)
     return server
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    """Listen on ``host:port`` (port 0: any free port); the port bound, or ``OSError`` saying why not."""
+def tls_credentials(certfile: Path, keyfile: Path) -> grpc.ServerCredentials:
+    """Server TLS credentials from PEM files (the same pair uvicorn gets)."""
+    return grpc.ssl_server_credentials([(Path(keyfile).read_bytes(), Path(certfile).read_bytes())])
+
+
+def bind(
+    server: grpc.aio.Server, host: str, port: int, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Listen on ``host:port`` (port 0: any free port; TLS with ``credentials``); the port bound, or
+    ``OSError`` saying why not."""
     where = address(host, port)
     try:
-        bound = int(server.add_insecure_port(where))
+        if credentials is not None:
+            bound = int(server.add_secure_port(where, credentials))
+        else:
+            bound = int(server.add_insecure_port(where))
     except RuntimeError as exc:  # grpc reports "Failed to bind to address ..." as RuntimeError
         raise OSError(f"cannot listen for gRPC on {where}: {exc} (is the port in use?)") from None
     if bound == 0:  # older grpc versions return 0 instead of raising
