@@ -3,7 +3,6 @@ the classify bundle ``kiln build --task classify`` makes of them (built once per
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,30 +20,9 @@ class ClassifyBuild:
 
 
 def make_tiny_classifier(folder: Path, labels: tuple[str, ...] = CLASSIFY_LABELS, seed: int = 0) -> Path:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from _fixtures.tiny_bert import make_tiny_bert
 
-    from kiln.sources.default import default_model_path
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
-    model = BertForSequenceClassification(config).eval()
-    with torch.no_grad():  # spread the logits so that top-1 is not a coin toss under quantization
-        model.classifier.weight.mul_(20.0)
-    model.save_pretrained(folder)
-    shutil.copy(default_model_path() / "tokenizer.json", folder / "tokenizer.json")
-    (folder / "README.md").write_text("---\nlicense: mit\n---\n# tiny random classifier\n")
-    return folder
+    return make_tiny_bert(folder, seed=seed, labels=labels)
 
 
 def write_classify_csv(path: Path, n: int = 160, seed: int = 0) -> Path:

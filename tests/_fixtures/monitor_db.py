@@ -8,6 +8,7 @@ answers, PostgreSQL tests skip with the reason, except under ``CI=true``, where 
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,3 +78,26 @@ def monitor_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     reset_postgres(url)
     yield url
     reset_postgres(url)
+
+
+def migrate_concurrently(url: str, n: int) -> list[BaseException]:
+    """Run the request log's migrations on ``url`` from ``n`` threads at once; what they raised."""
+    from kiln.monitor.store import make_engine, migrate
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        engine = make_engine(url)
+        try:
+            migrate(engine)
+        except BaseException as exc:  # returned to the caller, which asserts on it
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,30 +11,15 @@ from kiln.bundle.load import load_bundle
 from kiln.runtime.embedder import OnnxEmbedder
 from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
-from kiln.sources.default import default_model_path
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import BertConfig, BertModel
+    from _fixtures.tiny_bert import make_tiny_bert
 
-    folder = tmp_path_factory.mktemp("tiny-bert") / "tiny-bert"
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).eval().save_pretrained(folder)
-    shutil.copy(default_model_path() / "tokenizer.json", folder / "tokenizer.json")
-    (folder / "README.md").write_text("---\nlicense: mit\n---\n# tiny random bert\n")
-    return folder
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "tiny-bert")
 
 
 def test_build_a_local_folder(tiny_bert: Path, tmp_path: Path) -> None:

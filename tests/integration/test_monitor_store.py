@@ -6,7 +6,6 @@ PostgreSQL tests skip with the reason when no server answers, except under CI=tr
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -16,7 +15,7 @@ pytest.importorskip("sqlalchemy")
 
 from sqlalchemy import func, inspect, select  # noqa: E402
 
-from _fixtures.monitor_db import monitor_db_url, postgres_url  # noqa: E402, F401
+from _fixtures.monitor_db import migrate_concurrently, monitor_db_url, postgres_url  # noqa: E402, F401
 from kiln.monitor.requestlog import RequestEvent, RequestLog  # noqa: E402
 from kiln.monitor.store import (  # noqa: E402
     HEAD_REVISION,
@@ -48,23 +47,7 @@ def event(i: int, ts: datetime, sampled: bool = True) -> RequestEvent:
 
 
 def test_migrations_run_once_even_when_servers_start_together(monitor_db_url: str) -> None:  # noqa: F811 (a fixture)
-    errors: list[BaseException] = []
-
-    def start() -> None:
-        engine = make_engine(monitor_db_url)
-        try:
-            migrate(engine)
-        except BaseException as exc:  # asserted below
-            errors.append(exc)
-        finally:
-            engine.dispose()
-
-    threads = [threading.Thread(target=start) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert migrate_concurrently(monitor_db_url, 3) == []
     engine = make_engine(monitor_db_url)
     assert current_revision(engine) == HEAD_REVISION
     assert {"kiln_requests", "kiln_samples"} <= set(inspect(engine).get_table_names())

@@ -9,12 +9,14 @@ thread hashes and summarises them later, off the request's path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from typing import Concatenate, ParamSpec
 
 import numpy as np
 
+P = ParamSpec("P")
 _current: ContextVar[Capture | None] = ContextVar("kiln_monitor_capture", default=None)
 
 
@@ -83,16 +85,17 @@ def note_predictions(labels: Sequence[str], scores: Sequence[float]) -> None:
     capture.scores[-n:] = [float(s) for s in scores]
 
 
-def note_inference(
-    model: str,
-    texts: Sequence[str],
-    tokens: Sequence[int] | None = None,
-    embeddings: np.ndarray | None = None,
-    labels: Sequence[str] | None = None,
-    scores: Sequence[float] | None = None,
-    version: str | None = None,
-) -> None:
-    """Note one inference for the request being served (no-op when none is being captured)."""
-    capture = _current.get()
-    if capture is not None:
-        capture.note(model, texts, tokens, embeddings, labels, scores, version)
+def _on_current(method: Callable[Concatenate[Capture, P], None]) -> Callable[P, None]:
+    """``method`` called on the current request's capture (a no-op when none is being captured)."""
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> None:
+        capture = _current.get()
+        if capture is not None:
+            method(capture, *args, **kwargs)
+
+    return call
+
+
+note_inference = _on_current(Capture.note)
+"""Note one inference for the request being served (:meth:`Capture.note`'s arguments; no-op when none is
+being captured)."""

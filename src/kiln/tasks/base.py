@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel
 
+from kiln.bench.parity import judge_parity
 from kiln.bench.scores import ParityCheck, Quality
 from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
@@ -114,7 +115,18 @@ class Task(Protocol):
         reference: Runner,
         variant: Runner,
         split: EvalSplit,
-    ) -> str | None: ...
+    ) -> str | None:
+        """Exact steps must keep the raw outputs within the exact tolerances; lossy steps are judged by
+        :meth:`judge_lossy`. (Tasks subclass :class:`Task` to share this.)"""
+        if precision == "exact":
+            return judge_parity(checks, "exact")
+        return self.judge_lossy(checks, reference, variant, split)
+
+    def judge_lossy(
+        self, checks: Sequence[ParityCheck], reference: Runner, variant: Runner, split: EvalSplit
+    ) -> str | None:
+        """A lossy step's verdict: by default the lossy tolerances on the parity shapes."""
+        return judge_parity(checks, "lossy")
 
     def quality_texts(self, split: EvalSplit) -> list[str]: ...
 

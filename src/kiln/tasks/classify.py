@@ -15,14 +15,13 @@ from typing import Literal
 
 import numpy as np
 
-from kiln.bench.parity import judge_parity
 from kiln.bench.quality_classify import LENGTH_SLICE, classify_quality, length_bucket, top1_agreement
 from kiln.bench.scores import ParityCheck, Quality
 from kiln.errors import DataError, TaskError
 from kiln.runtime.embedder import OnnxEmbedder
 from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
-from kiln.tasks.base import EvalSplit, Precision, Reference, Runner
+from kiln.tasks.base import EvalSplit, Reference, Runner, Task
 from kiln.tasks.classify_config import TASK_NAME, ClassifyConfig
 from kiln.tasks.datasets import LabelledTexts, _stratified_indices, load_labelled_file
 
@@ -75,7 +74,7 @@ def _split(
     return data.subset(rest, f"{data.name}/{names[0]}"), data.subset(chosen, f"{data.name}/{names[1]}")
 
 
-class ClassifyTask:
+class ClassifyTask(Task):
     """Quality is accuracy (plus macro-F1, ROC-AUC, per-slice accuracy) on the user's held-out examples;
     parity compares logits. The reference's memory is probed as its encoder (``torch-embed``): the
     classification head it leaves out is ``hidden x classes`` weights."""
@@ -146,18 +145,12 @@ class ClassifyTask:
     def parity_texts(self, split: EvalSplit) -> list[str]:
         return (split.ranking or split.held_out).texts
 
-    def judge_parity(
-        self,
-        checks: Sequence[ParityCheck],
-        precision: Precision,
-        reference: Runner,
-        variant: Runner,
-        split: EvalSplit,
+    def judge_lossy(
+        self, checks: Sequence[ParityCheck], reference: Runner, variant: Runner, split: EvalSplit
     ) -> str | None:
-        """Exact steps: logits within the exact tolerances. Lossy steps: the same top-1 class on at least
-        ``MIN_TOP1_AGREEMENT`` of the ranking texts and logit cosine at least ``MIN_LOGIT_COSINE``."""
-        if precision == "exact":
-            return judge_parity(checks, "exact")
+        """Lossy steps: the same top-1 class on at least ``MIN_TOP1_AGREEMENT`` of the ranking texts and
+        logit cosine at least ``MIN_LOGIT_COSINE``. (Exact steps: logits within the exact tolerances,
+        :meth:`Task.judge_parity`.)"""
         for c in checks:
             if c.min_cosine < MIN_LOGIT_COSINE:
                 return (

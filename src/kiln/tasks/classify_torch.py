@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from kiln.errors import TaskError
-from kiln.runtime.embedder import embed_in_batches
 from kiln.runtime.tokenizer import TextTokenizer
-from kiln.tasks.embed_torch import INPUT_NAMES
+from kiln.tasks.hf_load import TorchRunner, load_hf_model, quiet_transformers
 
 GRAPH_OUTPUT = "logits"
 
@@ -79,31 +76,14 @@ def check_classify_config(model_dir: Path) -> list[str]:
     return model_labels(cfg, model_dir.name)
 
 
-class TorchClassifier:
+class TorchClassifier(TorchRunner):
     """The PyTorch fp32 reference: logits ``[n, classes]`` for texts."""
 
     def __init__(self, model_dir: Path, tokenizer: TextTokenizer, threads: int = 0) -> None:
         from transformers import AutoModelForSequenceClassification
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        quiet_transformers()
         self.labels = check_classify_config(model_dir)
-        if threads > 0:
-            torch.set_num_threads(threads)
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
-        except Exception as exc:  # transformers raises many unrelated types for unreadable folders
-            raise TaskError(f"transformers cannot load {model_dir} as a sequence classifier: {exc}") from exc
+        model = load_hf_model(AutoModelForSequenceClassification, model_dir, threads, "a sequence classifier")
         self.module = LogitsClassifier(model).eval()
         self.tokenizer = tokenizer
-
-    def run_encoded(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            out = self.module(*(torch.from_numpy(feed[name]) for name in INPUT_NAMES))
-        return out.numpy().astype(np.float32, copy=False)
-
-    def embed(
-        self, texts: Sequence[str], batch_size: int = 32, on_batch: Callable[[int], None] | None = None
-    ) -> np.ndarray:
-        """Logits of ``texts`` (the name matches the runner protocol shared with the embed task)."""
-        return embed_in_batches(self.tokenizer, self.run_encoded, texts, batch_size, on_batch)

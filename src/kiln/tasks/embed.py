@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from kiln.bench.parity import judge_parity
 from kiln.bench.quality import embed_quality
-from kiln.bench.scores import ParityCheck, Quality
+from kiln.bench.scores import Quality
 from kiln.runtime.embedder import OnnxEmbedder
 from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
-from kiln.tasks.base import EvalSplit, Precision, Reference, Runner
+from kiln.tasks.base import EvalSplit, Reference, Runner, Task
 from kiln.tasks.datasets import rotten_tomatoes, stratified_split
 from kiln.tasks.embed_config import TASK_NAME, EmbedConfig
 
@@ -22,7 +20,7 @@ PROBE_NOTES = "stratified split; logistic-regression probe fitted on each varian
 EXAMPLE_TEXTS = ["kiln exports this sentence.", "and a second, longer one for shape."]
 
 
-class EmbedTask:
+class EmbedTask(Task):
     """Quality is a logistic-regression probe on the bundled Rotten Tomatoes reviews (half fit, half held
     out); parity compares embeddings."""
 
@@ -59,16 +57,6 @@ class EmbedTask:
 
     def parity_texts(self, split: EvalSplit) -> list[str]:
         return split.held_out.texts
-
-    def judge_parity(
-        self,
-        checks: Sequence[ParityCheck],
-        precision: Precision,
-        reference: Runner,
-        variant: Runner,
-        split: EvalSplit,
-    ) -> str | None:
-        return judge_parity(checks, precision)
 
     def quality_texts(self, split: EvalSplit) -> list[str]:
         assert split.fit is not None

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from kiln.errors import TaskError
-from kiln.runtime.embedder import embed_in_batches
 from kiln.runtime.tokenizer import TextTokenizer
+from kiln.tasks.hf_load import (
+    INPUT_NAMES as INPUT_NAMES,  # re-exported: the exporter and tests import it here
+)
+from kiln.tasks.hf_load import TorchRunner, load_hf_model, quiet_transformers
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 # The exported graph's output; "embedding" would clash with names inside BERT graphs. The server
 # publishes it under the task's protocol name (EmbedConfig.output_name).
 GRAPH_OUTPUT = "sentence_embedding"
@@ -64,25 +64,21 @@ def pooling_mode(model_dir: Path) -> str:
     return "mean"
 
 
-class TorchEmbedder:
+class TorchEmbedder(TorchRunner):
     """The PyTorch fp32 reference: the baseline every variant is compared to."""
+
+    module: MeanPooledEncoder
 
     def __init__(self, model_dir: Path, tokenizer: TextTokenizer, threads: int = 0) -> None:
         from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        quiet_transformers()
 
         check_embed_config(model_dir)
         mode = pooling_mode(model_dir)
         if mode != "mean":
             raise TaskError(f"{model_dir.name} declares {mode} pooling; kiln's embed task does mean pooling")
-        if threads > 0:
-            torch.set_num_threads(threads)
-        try:
-            encoder = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
-        except Exception as exc:  # transformers raises many unrelated types for unreadable folders
-            raise TaskError(f"transformers cannot load {model_dir} as an encoder: {exc}") from exc
+        encoder = load_hf_model(AutoModel, model_dir, threads, "an encoder")
         self.module = MeanPooledEncoder(encoder).eval()
         self.tokenizer = tokenizer
 
@@ -90,13 +86,3 @@ class TorchEmbedder:
     def dimension(self) -> int:
         config: Any = self.module.encoder.config
         return int(config.hidden_size)
-
-    def run_encoded(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            out = self.module(*(torch.from_numpy(feed[name]) for name in INPUT_NAMES))
-        return out.numpy().astype(np.float32, copy=False)
-
-    def embed(
-        self, texts: Sequence[str], batch_size: int = 32, on_batch: Callable[[int], None] | None = None
-    ) -> np.ndarray:
-        return embed_in_batches(self.tokenizer, self.run_encoded, texts, batch_size, on_batch)

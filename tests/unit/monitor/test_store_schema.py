@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from alembic.autogenerate import compare_metadata  # noqa: E402
 from alembic.migration import MigrationContext  # noqa: E402
 from sqlalchemy import inspect  # noqa: E402
 
+from _fixtures.monitor_db import migrate_concurrently  # noqa: E402
 from kiln.monitor.store import (  # noqa: E402
     HEAD_REVISION,
     MIGRATIONS_DIR,
@@ -45,23 +45,7 @@ def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
 
 def test_migrate_is_idempotent_and_safe_when_concurrent(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "shared.db")
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        engine = make_engine(url)
-        try:
-            migrate(engine)
-        except BaseException as exc:  # collected and asserted below
-            errors.append(exc)
-        finally:
-            engine.dispose()
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert migrate_concurrently(url, 4) == []
     engine = make_engine(url)
     migrate(engine)  # once more: nothing to do
     assert current_revision(engine) == HEAD_REVISION

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from pydantic import ValidationError
 
+from _fixtures.tiny_bert import REVIEWS, export_and_check, one_thread  # noqa: F401
+from _fixtures.tiny_bert import tiny_encoder as tiny_bert_encoder
 from kiln.errors import BuildError
 from kiln.optimize.distill import Distill, evenly_spaced, layer_stack, make_student
 from kiln.optimize.export import export_onnx
@@ -26,27 +26,10 @@ from kiln.optimize.torch_recipes import (
 )
 from kiln.runtime.tokenizer import TextTokenizer
 from kiln.sources.default import default_model_path
-from kiln.tasks.embed_torch import GRAPH_OUTPUT, INPUT_NAMES, MeanPooledEncoder
+from kiln.tasks.embed_torch import GRAPH_OUTPUT
 
-TEXTS = [
-    "a quiet, moving film",
-    "the plot never comes together and the jokes fall flat",
-    "one of the best performances of the year",
-    "dull",
-    "an ambitious mess that is still worth seeing",
-    "i laughed, i cried, i checked my watch",
-    "beautifully shot but emotionally empty",
-    "a triumph",
-] * 3
+TEXTS = REVIEWS * 3
 HELD_OUT = ["nobody will remember this one", "a small gem", "too long by an hour", "sharp and funny"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +38,7 @@ def tokenizer() -> TextTokenizer:
 
 
 def tiny_encoder(layers: int = 4) -> Any:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        initializer_range=0.2,
-    )
-    return MeanPooledEncoder(BertModel(config)).eval()
+    return tiny_bert_encoder(layers)
 
 
 def test_config_validates() -> None:
@@ -139,17 +110,10 @@ def test_distillation_lowers_the_loss_and_exports(tokenizer: TextTokenizer, tmp_
     )
     assert steps == [1]
 
+    small = export_and_check(student, tokenizer, tmp_path / "student.onnx", TEXTS[:2], (TEXTS[:3], HELD_OUT))
     example = tokenizer.encode(TEXTS[:2])
-    small = export_onnx(student, example, tmp_path / "student.onnx", ExportOnnx(), GRAPH_OUTPUT)
     large = export_onnx(teacher, example, tmp_path / "teacher.onnx", ExportOnnx(), GRAPH_OUTPUT)
     assert small.stat().st_size < large.stat().st_size
-    session = ort.InferenceSession(str(small), providers=["CPUExecutionProvider"])
-    for texts in (TEXTS[:3], HELD_OUT):
-        feed = tokenizer.encode(texts)
-        (got,) = session.run(None, feed)
-        with torch.no_grad():
-            ref = student(*(torch.from_numpy(feed[n]) for n in INPUT_NAMES)).numpy()
-        np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
 def test_soft_and_hard_losses() -> None:

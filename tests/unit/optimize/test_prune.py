@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from _fixtures.tiny_bert import REVIEWS, one_thread, tiny_encoder  # noqa: F401
+from _fixtures.tiny_bert import export_and_check as export_tiny
 from kiln.errors import BuildError
-from kiln.optimize.export import export_onnx
 from kiln.optimize.prune import PruneStructured, head_count, transformer_layers
-from kiln.optimize.recipes import ExportOnnx
 from kiln.optimize.torch_recipes import (
     DistillLoss,
     TrainBudget,
@@ -27,44 +26,12 @@ from kiln.optimize.torch_recipes import (
 )
 from kiln.runtime.tokenizer import TextTokenizer
 from kiln.sources.default import default_model_path
-from kiln.tasks.embed_torch import GRAPH_OUTPUT, INPUT_NAMES, MeanPooledEncoder
 
 TEXTS = [
-    "a quiet, moving film",
-    "the plot never comes together and the jokes fall flat",
-    "one of the best performances of the year",
-    "dull",
+    *REVIEWS[:4],
     "an ambitious mess that is still worth seeing for its last twenty minutes",
-    "i laughed, i cried, i checked my watch",
-    "beautifully shot but emotionally empty",
-    "a triumph",
+    *REVIEWS[5:],
 ] * 4
-
-
-def tiny_encoder(layers: int = 2, seed: int = 0, init: float = 0.2) -> MeanPooledEncoder:
-    """A random BERT (hidden 32, 4 heads); ``init`` large enough that every head and neuron matters."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        initializer_range=init,
-    )
-    return MeanPooledEncoder(BertModel(config)).eval()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +46,7 @@ def batches(tokenizer: TextTokenizer) -> list[dict[str, torch.Tensor]]:
 
 def export_and_check(module: torch.nn.Module, tokenizer: TextTokenizer, dst: Path) -> Path:
     """Export ``module`` and check ORT reproduces it on two different input shapes."""
-    export_onnx(module, tokenizer.encode(TEXTS[:2]), dst, ExportOnnx(), GRAPH_OUTPUT)
-    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
-    for texts in (TEXTS[:3], TEXTS[3:8]):
-        feed = tokenizer.encode(texts)
-        (got,) = session.run(None, feed)
-        with torch.no_grad():
-            ref = module(*(torch.from_numpy(feed[n]) for n in INPUT_NAMES)).numpy()
-        assert got.shape == ref.shape
-        np.testing.assert_allclose(got, ref, atol=1e-4)
-    return dst
+    return export_tiny(module, tokenizer, dst, TEXTS[:2], (TEXTS[:3], TEXTS[3:8]))
 
 
 @pytest.fixture(scope="module")
