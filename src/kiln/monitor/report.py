@@ -17,8 +17,6 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from rich.table import Table
 
 from kiln.errors import KilnError, MonitorError
 from kiln.monitor.windows import WindowStats, format_duration, parse_duration
+from kiln.report.svg import COLORS, Series, svg_chart
 
 WINDOWS_PATH = "/v2/monitor/windows"
 DEFAULT_COUNT = 24
@@ -129,129 +128,6 @@ def render_terminal(report: MonitorReport, console: Console) -> None:
 
 
 # -- HTML -------------------------------------------------------------------------------------------------
-
-_W, _H, _PAD_L, _PAD_R, _PAD_T, _PAD_B = 640, 190, 52, 12, 14, 30
-COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c")
-
-
-@dataclass
-class Series:
-    name: str
-    values: Sequence[float | None]
-    color: str
-    low: Sequence[float | None] | None = None
-    high: Sequence[float | None] | None = None
-    dashed: bool = False
-
-
-def _fmt(v: float) -> str:
-    if v == 0 or 0.01 <= abs(v) < 10_000:
-        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
-    return f"{v:.2g}"
-
-
-def svg_chart(
-    chart_id: str,
-    labels: Sequence[str],
-    series: Sequence[Series],
-    kind: str = "line",
-    y_min: float | None = None,
-    y_max: float | None = None,
-    bar_colors: Sequence[str | None] | None = None,
-) -> str:
-    """An inline SVG chart: one point (line) or bar per label; ``None`` values are gaps."""
-    n = len(labels)
-    values = [v for s in series for v in (*s.values, *(s.low or ()), *(s.high or ())) if v is not None]
-    lo = y_min if y_min is not None else min([0.0, *values])
-    hi = y_max if y_max is not None else max([*values, lo + 1e-9])
-    if hi <= lo:
-        hi = lo + 1.0
-    hi = hi + (hi - lo) * 0.05 if y_max is None else hi
-    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
-    step = plot_w / max(n, 1)
-
-    def x(i: int) -> float:
-        return _PAD_L + step * (i + 0.5)
-
-    def y(v: float) -> float:
-        return _PAD_T + plot_h * (1 - (v - lo) / (hi - lo))
-
-    out = [
-        f'<svg class="chart" id="chart-{chart_id}" data-chart="{chart_id}" viewBox="0 0 {_W} {_H}" '
-        f'role="img" xmlns="http://www.w3.org/2000/svg">'
-    ]
-    for k in range(5):  # grid and y labels
-        gv = lo + (hi - lo) * k / 4
-        out.append(f'<line class="grid" x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y(gv):.1f}" y2="{y(gv):.1f}"/>')
-        out.append(
-            f'<text class="axis" x="{_PAD_L - 6}" y="{y(gv) + 4:.1f}" text-anchor="end">{_fmt(gv)}</text>'
-        )
-    every = max(1, math.ceil(n / 8))
-    for i, label in enumerate(labels):
-        if i % every == 0 or i == n - 1:
-            out.append(
-                f'<text class="axis" x="{x(i):.1f}" y="{_H - 10}" text-anchor="middle">'
-                f"{html.escape(label)}</text>"
-            )
-    points = 0
-    for si, s in enumerate(series):
-        if kind == "bar":
-            width = step * 0.8 / len(series)
-            for i, v in enumerate(s.values):
-                if v is None:
-                    continue
-                color = (bar_colors[i] if bar_colors and bar_colors[i] else None) or s.color
-                top, base = y(max(v, lo)), y(max(lo, 0.0) if lo <= 0 <= hi else lo)
-                bx = x(i) - step * 0.4 + width * si
-                out.append(
-                    f'<rect class="bar" data-value="{v:g}" x="{bx:.1f}" y="{min(top, base):.1f}" '
-                    f'width="{width:.1f}" height="{abs(base - top):.1f}" fill="{color}">'
-                    f"<title>{html.escape(labels[i])} {html.escape(s.name)}: {_fmt(v)}</title></rect>"
-                )
-                points += 1
-            continue
-        if s.low is not None and s.high is not None:  # interval band
-            pairs = [
-                (i, lo_v, hi_v)
-                for i, (lo_v, hi_v) in enumerate(zip(s.low, s.high, strict=True))
-                if lo_v is not None and hi_v is not None
-            ]
-            if pairs:
-                upper = " L".join(f"{x(i):.1f},{y(h):.1f}" for i, _, h in pairs)
-                lower = " L".join(f"{x(i):.1f},{y(lv):.1f}" for i, lv, _ in reversed(pairs))
-                out.append(f'<path class="band" d="M{upper} L{lower} Z" fill="{s.color}" opacity="0.15"/>')
-        segment: list[str] = []
-        segments: list[list[str]] = []
-        for i, v in enumerate(s.values):
-            if v is None:
-                if segment:
-                    segments.append(segment)
-                segment = []
-                continue
-            segment.append(f"{x(i):.1f},{y(v):.1f}")
-        if segment:
-            segments.append(segment)
-        dash = ' stroke-dasharray="5 4"' if s.dashed else ""
-        for seg in segments:
-            d = "M" + " L".join(seg)
-            out.append(f'<path class="line" d="{d}" stroke="{s.color}" fill="none" stroke-width="2"{dash}/>')
-        for i, v in enumerate(s.values):
-            if v is not None:
-                out.append(
-                    f'<circle class="point" data-value="{v:g}" cx="{x(i):.1f}" cy="{y(v):.1f}" r="3" '
-                    f'fill="{s.color}"><title>{html.escape(labels[i])} {html.escape(s.name)}: {_fmt(v)}'
-                    "</title></circle>"
-                )
-                points += 1
-    legend_x = _PAD_L
-    for s in series:
-        out.append(f'<rect x="{legend_x}" y="2" width="10" height="10" fill="{s.color}"/>')
-        out.append(f'<text class="legend" x="{legend_x + 14}" y="11">{html.escape(s.name)}</text>')
-        legend_x += 24 + 7 * len(s.name)
-    out.append("</svg>")
-    out[0] = out[0].replace('role="img"', f'role="img" data-points="{points}"', 1)
-    return "".join(out)
-
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f8fafc;color:#0f172a}
