@@ -211,6 +211,19 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kiln.bundle.load import read_manifest
+    from kiln.report.html import write_report
+    from kiln.report.variants import variants_table
+
+    bundle = Path(args.bundle)
+    path = write_report(bundle, Path(args.out) if args.out else None)
+    manifest = read_manifest(bundle)
+    console.print(variants_table(manifest.variants, manifest.chosen))
+    print(path)
+    return 0
+
+
 def _add_monitor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pm = sub.add_parser("monitor", help="traffic, latency, errors, drift and quality per window")
     pm.add_argument(
@@ -420,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_keys_parser(sub)
     _add_monitor_parser(sub)
+
+    prep = sub.add_parser("report", help="the build report of a bundle: variants, Pareto plots, trace (HTML)")
+    prep.add_argument("bundle", help="a bundle directory written by `kiln build`")
+    prep.add_argument(
+        "--out", default=None, metavar="FILE", help="where to write the HTML (default: BUNDLE/report.html)"
+    )
+    prep.set_defaults(func=_cmd_report)
 
     pr = sub.add_parser("run", help="the main job: build the default model (cached) and serve it")
     pr.add_argument("--no-serve", action="store_true", help="build (or reuse) the bundle, then exit")
