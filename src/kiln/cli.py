@@ -54,12 +54,21 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from kiln.optimize.build import BuildOptions, build
+    from kiln.optimize.search import parse_quality_drop
 
+    max_drop, relative = parse_quality_drop(args.max_quality_drop)
     opts = BuildOptions(
         model=args.model,
         task=args.task,
         out=Path(args.out) if args.out else None,
-        max_quality_drop=args.max_quality_drop,
+        max_quality_drop=max_drop,
+        quality_drop_relative=relative,
+        max_latency_ms=args.max_latency_ms,
+        max_size_mb=args.max_size_mb,
+        max_memory_mb=args.max_memory_mb,
+        max_trials=args.max_trials,
+        time_budget=args.time_budget,
+        target=args.target,
         eval_samples=args.eval_samples,
         seed=args.seed,
         allow_unsafe=tuple(args.allow_unsafe),
@@ -344,9 +353,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pb.add_argument(
         "--max-quality-drop",
+        default="0.01",
+        metavar="DROP",
+        help="largest drop of the task's quality metric a variant may show: absolute (0.01 = 1 point) or, "
+        "with %%, relative to the reference's value (2%% of 0.80 = 0.016)",
+    )
+    pb.add_argument(
+        "--max-latency-ms", type=float, default=None, help="largest batch-1 p50 latency (ms) of the choice"
+    )
+    pb.add_argument("--max-size-mb", type=float, default=None, help="largest model file (MB) of the choice")
+    pb.add_argument(
+        "--max-memory-mb", type=float, default=None, help="largest peak memory (MB) of the choice"
+    )
+    pb.add_argument("--max-trials", type=int, default=None, help="optional candidates to try (default all)")
+    pb.add_argument(
+        "--time-budget",
         type=float,
-        default=0.01,
-        help="largest drop of the task's quality metric (absolute, e.g. 0.01 = 1 point) a variant may show",
+        default=None,
+        metavar="SECONDS",
+        help="start no new candidate after this many seconds; what was measured is kept",
+    )
+    pb.add_argument(
+        "--target",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="device the bundle runs on (cuda needs onnxruntime's CUDAExecutionProvider)",
     )
     pb.add_argument("--out", default=None, help="bundle directory (default: under KILN_HOME)")
     pb.add_argument(

@@ -50,7 +50,16 @@ def test_manifest_records_every_variant_and_the_choice(default_bundle: Path) -> 
     int8 = next(v for v in m.variants if v.name == "onnx-int8-dynamic")
     assert [r["kind"] for r in int8.recipe] == ["export-onnx", "int8-dynamic"]
     assert int8.recipe[1]["per_channel"] is True
-    assert set(m.files) == {"model.onnx", "tokenizer.json", "README.md", "profile.json"}
+    assert set(m.files) == {"model.onnx", "tokenizer.json", "README.md", "profile.json", "report.html"}
+
+
+def test_bundle_report_is_the_rendered_manifest(default_bundle: Path) -> None:
+    from kiln.report.html import render_report
+
+    m = load_bundle(default_bundle).manifest
+    html = (default_bundle / "report.html").read_text(encoding="utf-8")
+    assert html == render_report(m.model_copy(update={"files": {}}))
+    assert "<svg" in html and m.chosen in html
 
 
 def test_model_card_shows_the_measured_table(default_bundle: Path) -> None:

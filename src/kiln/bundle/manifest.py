@@ -46,6 +46,11 @@ class Manifest(BaseModel):
     evaluation: EvalRecord | None = None
     budget: dict[str, Any] = Field(default_factory=dict)
     variants: list[VariantRecord]
+    search_trace: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="the build's search: per candidate its recipe, last stage reached, outcome, reason and "
+        "seconds",
+    )
     chosen: str
     chosen_reason: str
     artifact: str = Field(description="the chosen model file, relative to the bundle")

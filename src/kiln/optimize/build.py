@@ -35,23 +35,30 @@ from kiln.analyze.safety import refuse_unsafe
 from kiln.bench.latency import interleaved_latency
 from kiln.bench.memory import peak_rss_mb
 from kiln.bench.parity import check_parity, parity_inputs
-from kiln.bench.scores import VariantRecord
+from kiln.bench.scores import Quality, VariantRecord
 from kiln.bundle.card import model_card
 from kiln.bundle.load import load_bundle
 from kiln.bundle.manifest import EvalRecord, Manifest, SourceRecord
 from kiln.bundle.write import write_bundle
 from kiln.errors import BuildError, BundleError, TaskError
 from kiln.monitor.profile import PROFILE_NAME, make_reference_profile, save_profile
+from kiln.optimize.calibration import CalibrationReader, encode_calibration
 from kiln.optimize.cpu import cpu_info
 from kiln.optimize.export import export_onnx
+from kiln.optimize.precision import ConvertPrecision, measure_on_cpu
+from kiln.optimize.quant_int4 import QuantizeInt4, int4_for
+from kiln.optimize.quant_static import QuantizeStatic, int8_static_for
 from kiln.optimize.recipes import ExportOnnx, QuantizeDynamic, int8_dynamic_for, int8_dynamic_per_tensor
+from kiln.optimize.search import Budget, SearchTrace, check_target, recipe_summary, screen_failure
 from kiln.optimize.select import BASELINE, choose
+from kiln.optimize.sensitivity import exclude_until_passes, rank_sensitivity
+from kiln.report.html import render_report
 from kiln.report.variants import variants_table
 from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
 from kiln.settings import Settings
 from kiln.sources.resolve import ResolvedSource, resolve_source
-from kiln.tasks.base import Reference, Runner, Task
+from kiln.tasks.base import EvalSplit, Reference, Runner, Task
 from kiln.tasks.classify import ClassifyTask
 from kiln.tasks.classify_config import TASK_NAME as CLASSIFY
 from kiln.tasks.embed import EmbedTask
@@ -59,6 +66,12 @@ from kiln.tasks.embed_config import TASK_NAME as EMBED
 
 REFERENCE = "pytorch-fp32"
 TASKS = (EMBED, CLASSIFY)
+SCREEN_SIZE = 1000  # ranking-screen texts (half fit the probe for embed): cheap, never held out
+CALIBRATION_BATCHES = 8  # static quantization: 8 batches of 16 calibration texts
+SENSITIVITY_BATCHES = 4
+AC_GROUPS_OF = 12  # accuracy control returns 1/12 of the quantized nodes to float per step ...
+AC_MAX_GROUPS = 3  # ... for at most 3 steps
+EXCLUDABLE = (QuantizeDynamic, QuantizeStatic, QuantizeInt4)
 
 
 class BuildOptions(BaseModel):
@@ -78,6 +91,30 @@ class BuildOptions(BaseModel):
     slice_by: tuple[str, ...] = Field(
         default=(), description="columns of --data to report accuracy per value"
     )
+    quality_drop_relative: bool = Field(
+        default=False,
+        description="max_quality_drop is a share of the reference's metric value (--max-quality-drop 2%)",
+    )
+    max_latency_ms: float | None = Field(default=None, gt=0, description="batch-1 p50 bound")
+    max_size_mb: float | None = Field(default=None, gt=0)
+    max_memory_mb: float | None = Field(default=None, gt=0)
+    max_trials: int | None = Field(default=None, ge=0, description="optional candidates to try")
+    time_budget: float | None = Field(
+        default=None, gt=0, description="seconds; no new candidate starts after it"
+    )
+    target: Literal["cpu", "cuda"] = "cpu"
+
+    def budget(self) -> Budget:
+        return Budget(
+            max_quality_drop=self.max_quality_drop,
+            quality_drop_relative=self.quality_drop_relative,
+            max_latency_ms=self.max_latency_ms,
+            max_size_mb=self.max_size_mb,
+            max_memory_mb=self.max_memory_mb,
+            max_trials=self.max_trials,
+            time_budget_s=self.time_budget,
+            target=self.target,
+        )
 
 
 @dataclass
@@ -155,6 +192,7 @@ def make_task(opts: BuildOptions) -> Task:
 def build(opts: BuildOptions, console: Console | None = None) -> BuildResult:
     console = console or Console()
     settings = Settings.from_env()
+    check_target(opts.target)
     task = make_task(opts)
     if opts.model is None and task.name != EMBED:
         raise TaskError(f"task {task.name} needs a model: pass the folder of your fine-tuned model")
@@ -219,6 +257,13 @@ class _BuildRun:
         self.cpu = cpu_info()
         self.candidates: dict[str, _Candidate] = {}
         self.outputs: dict[str, np.ndarray] = {}
+        self.budget = opts.budget()
+        self.max_drop = self.budget.max_quality_drop
+        self.trace = SearchTrace()
+        self.trials = 0
+        self.interrupted: str | None = None
+        self._parity_feeds: list[dict[str, np.ndarray]] | None = None
+        self._calibration_reader: CalibrationReader | None = None
 
     def _split_summary(self) -> str:
         s = self.split
@@ -234,19 +279,46 @@ class _BuildRun:
             f"license {self.facts.license}; CPU {self.cpu.summary()}\n"
             f"  held-out evaluation: {self.split.data.name}, {self._split_summary()}"
         )
-        with _progress(self.console) as self.progress:
-            self.load_reference()
-            self.export()
-            self.quantize()
-            self.parity_gate()
-            self.quality()
-            self.latency()
-            if self.opts.measure_memory:
-                self.memory()
+        stage = "reference"
+        try:
+            with _progress(self.console) as self.progress:
+                self.load_reference()
+                self.export()
+                self.evaluate_baseline()
+                stage = "search"
+                self.search()
+                stage = "latency"
+                self.latency()
+                stage = "memory"
+                if self.opts.measure_memory:
+                    self.memory()
+        except KeyboardInterrupt:
+            if stage == "reference":
+                raise  # onnx-fp32 is not evaluated yet: there is nothing valid to ship
+            self.interrupted = f"interrupted (Ctrl-C) during {stage}"
+            self._close_interrupted(stage)
+            self.console.print(
+                f"[yellow]build {self.interrupted}: writing the bundle with the candidates measured so far"
+            )
         return self.write()
 
     def _live(self) -> list[_Candidate]:
         return [c for c in self.candidates.values() if c.live]
+
+    def _close_interrupted(self, stage: str) -> None:
+        """After Ctrl-C: every optional candidate not fully measured is set aside, with the reason."""
+        for c in self.candidates.values():
+            name = c.record.name
+            if name in (REFERENCE, BASELINE) or c.record.status != "ok":
+                continue
+            measured = c.record.scores.quality is not None and c.record.p50("batch1") is not None
+            if not measured:
+                c.fail("rejected", f"not fully measured: build {self.interrupted}")
+                if name in self.trace.entries:
+                    self.trace.update(name, outcome="interrupted", reason=f"build {self.interrupted}")
+        if stage == "latency":  # interleaved timing: no variant has its numbers
+            base = self.candidates[BASELINE].record
+            base.scores.latency.clear()
 
     def load_reference(self) -> None:
         with _step(self.progress, "load PyTorch fp32 reference"):
@@ -274,66 +346,285 @@ class _BuildRun:
         record = VariantRecord(name=BASELINE, format="onnx", recipe=[self.export_recipe.model_dump()])
         self.candidates[BASELINE] = _Candidate(record, path=path)
 
-    def quantize(self) -> None:
-        recipes: list[tuple[str, QuantizeDynamic]] = [
+    # -- evaluation of one candidate -------------------------------------------------------------
+
+    def _parity(self, c: _Candidate) -> bool:
+        """The parity gate for one ONNX candidate; on success its runner is loaded."""
+        if self._parity_feeds is None:
+            self._parity_feeds = parity_inputs(self.tokenizer, self.task.parity_texts(self.split))
+        assert c.path is not None
+        c.record.scores.file_bytes = c.path.stat().st_size
+        try:
+            embedder = self.task.wrap_onnx(OnnxBackend(c.path, self.opts.threads), self.tokenizer)
+        except BundleError as exc:
+            c.fail("failed", str(exc))
+            return False
+        c.record.parity = check_parity(self.reference.run_encoded, embedder.run_encoded, self._parity_feeds)
+        lossy = any(r.get("precision") == "lossy" for r in c.record.recipe)
+        reason = self.task.judge_parity(
+            c.record.parity, "lossy" if lossy else "exact", self.reference, embedder, self.split
+        )
+        if reason:
+            c.fail("rejected", reason)
+            return False
+        c.embedder = embedder
+        return True
+
+    def _held_out(self, c: _Candidate) -> None:
+        """Quality on the held-out split (the number the manifest reports)."""
+        assert c.embedder is not None
+        texts = self.task.quality_texts(self.split)
+        verb = "embed" if self.task.name == EMBED else "run"
+        with _step(self.progress, f"{verb} held-out data: {c.record.name}", total=len(texts)) as advance:
+            self.outputs[c.record.name] = c.embedder.embed(texts, batch_size=32, on_batch=advance)
+        c.record.scores.quality = self.task.quality(
+            self.outputs[REFERENCE], self.outputs[c.record.name], self.split, self.opts.seed
+        )
+
+    def _screen_quality(self, embedder: Runner) -> Quality:
+        """Quality on the ranking subset (never the held-out split)."""
+        texts = self.task.quality_texts(self.screen_split)
+        out = embedder.embed(texts, batch_size=32)
+        return self.task.quality(self.screen_reference, out, self.screen_split, self.opts.seed)
+
+    def _make_screen_split(self) -> EvalSplit:
+        s = self.split
+        if s.ranking is not None and len(s.ranking) >= 20:
+            return EvalSplit(data=s.data, held_out=s.ranking, calibration=s.calibration, notes="ranking")
+        pool = s.fit if s.fit is not None else s.calibration
+        n = min(len(pool), SCREEN_SIZE)
+        half = n // 2
+        return EvalSplit(
+            data=s.data,
+            held_out=pool.subset(np.arange(half, n), name=f"{pool.name} (screen)"),
+            calibration=s.calibration,
+            fit=pool.subset(np.arange(half), name=f"{pool.name} (screen fit)"),
+            notes="ranking screen: a slice of the fit split",
+        )
+
+    def evaluate_baseline(self) -> None:
+        """The reference and its exact ONNX export, fully, before any optional candidate: whatever
+        happens later (a budget, Ctrl-C), the build has a valid variant to ship."""
+        base = self.candidates[BASELINE]
+        ref = self.candidates[REFERENCE]
+        summary = recipe_summary(base.record.recipe)
+        self.trace.add(REFERENCE, recipe_summary(ref.record.recipe), "reference", "kept")
+        self.trace.add(BASELINE, summary, "parity gate", "kept")
+        with _step(self.progress, "parity gate: onnx-fp32 vs reference"), self.trace.timed(BASELINE):
+            ok = self._parity(base)
+        if not ok:
+            self.trace.update(BASELINE, outcome=base.record.status, reason=base.record.reason or "")  # type: ignore[arg-type]
+            raise BuildError(
+                f"the float ONNX export is unusable ({base.record.reason}); nothing can be served"
+            )
+        texts = self.task.quality_texts(self.split)
+        verb = "embed" if self.task.name == EMBED else "run"
+        step = _step(self.progress, f"{verb} held-out data: {REFERENCE}", total=len(texts))
+        with step as advance, self.trace.timed(REFERENCE):
+            self.outputs[REFERENCE] = self.reference.embed(texts, batch_size=32, on_batch=advance)
+        ref.record.scores.quality = self.task.quality(
+            self.outputs[REFERENCE], self.outputs[REFERENCE], self.split, self.opts.seed
+        )
+        self.max_drop = self.budget.absolute_drop(ref.record.scores.quality.value)
+        with self.trace.timed(BASELINE):
+            self._held_out(base)
+        self.trace.update(BASELINE, stage="held-out", outcome="kept")
+        self.screen_split = self._make_screen_split()
+        with _step(self.progress, "reference on the ranking screen"):
+            self.screen_reference = self.reference.embed(
+                self.task.quality_texts(self.screen_split), batch_size=32
+            )
+
+    # -- the search ------------------------------------------------------------------------------
+
+    def _plan(self) -> list[tuple[str, Any]]:
+        plan: list[tuple[str, Any]] = [
             ("onnx-int8-dynamic", int8_dynamic_for(self.cpu)),
             ("onnx-int8-dynamic-per-tensor", int8_dynamic_per_tensor()),
+            ("onnx-int8-static", int8_static_for(self.cpu)),
+            ("onnx-int4", int4_for(self.cpu)),
+            (
+                "onnx-fp16",
+                ConvertPrecision(dtype="fp16", why="half the bytes; kept on CPU only if faster here"),
+            ),
         ]
-        source = self.candidates[BASELINE].path
-        assert source is not None
-        with _step(self.progress, "quantize INT8 (dynamic)", total=len(recipes)) as advance:
-            for name, recipe in recipes:
-                path = self.work / f"{name}.onnx"
-                record = VariantRecord(
-                    name=name, format="onnx", recipe=[self.export_recipe.model_dump(), recipe.model_dump()]
-                )
-                candidate = _Candidate(record, path=path)
-                self.candidates[name] = candidate
-                try:
-                    recipe.apply(source, path)
-                except BuildError as exc:
-                    candidate.fail("failed", str(exc))
-                advance(1)
+        return plan
 
-    def parity_gate(self) -> None:
-        feeds = parity_inputs(self.tokenizer, self.task.parity_texts(self.split))
-        onnx = [c for c in self.candidates.values() if c.path is not None and c.record.status == "ok"]
-        with _step(self.progress, "parity gate vs reference", total=len(onnx)) as advance:
-            for c in onnx:
-                assert c.path is not None
-                c.record.scores.file_bytes = c.path.stat().st_size
-                try:
-                    embedder = self.task.wrap_onnx(OnnxBackend(c.path, self.opts.threads), self.tokenizer)
-                except BundleError as exc:
-                    c.fail("failed", str(exc))
-                    advance(1)
-                    continue
-                c.record.parity = check_parity(self.reference.run_encoded, embedder.run_encoded, feeds)
-                lossy = any(r.get("precision") == "lossy" for r in c.record.recipe)
-                reason = self.task.judge_parity(
-                    c.record.parity, "lossy" if lossy else "exact", self.reference, embedder, self.split
-                )
-                if reason:
-                    c.fail("rejected", reason)
-                else:
-                    c.embedder = embedder
-                advance(1)
+    def _stop_reason(self) -> str | None:
+        b = self.budget
+        if b.max_trials is not None and self.trials >= b.max_trials:
+            return f"not tried: --max-trials {b.max_trials} reached"
+        if b.time_budget_s is not None and self.trace.elapsed() >= b.time_budget_s:
+            return f"not tried: --time-budget {b.time_budget_s:g} s spent ({self.trace.elapsed():.0f} s)"
+        return None
 
-    def quality(self) -> None:
-        texts = self.task.quality_texts(self.split)
-        live = self._live()
-        outputs: dict[str, np.ndarray] = {}
-        verb = "embed" if self.task.name == EMBED else "run"
-        with _step(self.progress, f"{verb} held-out data", total=len(live) * len(texts)) as advance:
-            for c in live:
-                assert c.embedder is not None
-                outputs[c.record.name] = c.embedder.embed(texts, batch_size=32, on_batch=advance)
-        self.outputs = outputs
-        ref = outputs[REFERENCE]
-        for c in live:
-            c.record.scores.quality = self.task.quality(
-                ref, outputs[c.record.name], self.split, self.opts.seed
+    def _calibration(self) -> CalibrationReader:
+        if self._calibration_reader is None:
+            feeds = encode_calibration(
+                self.tokenizer.encode,
+                self.split.calibration.texts,
+                batch_size=16,
+                max_batches=CALIBRATION_BATCHES,
             )
+            base = self.candidates[BASELINE].path
+            assert base is not None
+            self._calibration_reader = CalibrationReader.for_model(base, feeds)
+        return self._calibration_reader
+
+    def search(self) -> None:
+        plan = self._plan()
+        task = self.progress.add_task("search", total=len(plan))
+        for name, recipe in plan:
+            self.progress.update(task, description=f"search: {name}")
+            self._try(name, recipe)
+            self.progress.advance(task, 1)
+        self.progress.update(task, description="search", completed=len(plan))
+
+    def _try(self, name: str, recipe: Any, prebuilt: Path | None = None, seconds: float = 0.0) -> None:
+        """One candidate: make → parity gate → ranking screen (→ accuracy control) → held-out quality.
+
+        ``prebuilt``: the file accuracy control already wrote with this recipe (no second quantization).
+        """
+        src = self.candidates[BASELINE].path
+        assert src is not None
+        steps = [self.export_recipe.model_dump(), recipe.model_dump()]
+        summary = recipe_summary(steps)
+        if prebuilt is None and (stop := self._stop_reason()) is not None:
+            self.trace.add(name, summary, "not started", "skipped", stop)
+            return
+        self.trials += 1
+        path = self.work / f"{name}.onnx"
+        c = _Candidate(VariantRecord(name=name, format="onnx", recipe=steps), path=path)
+        self.candidates[name] = c
+        self.trace.add(name, summary, "make", "kept", seconds=round(seconds, 3))
+        control = False
+        with self.trace.timed(name):
+            try:
+                if prebuilt is not None:
+                    shutil.move(prebuilt, path)
+                elif isinstance(recipe, QuantizeStatic):
+                    recipe.apply(src, path, self._calibration())
+                if isinstance(recipe, QuantizeStatic) and not recipe.calibration_note:
+                    note = (
+                        f"{self._calibration().samples} texts of the {self.split.calibration.name} "
+                        "calibration "
+                        f"split (never the held-out split), {CALIBRATION_BATCHES} batches of 16 at most"
+                    )
+                    c.record.recipe[-1]["calibration_note"] = note
+                else:
+                    recipe.apply(src, path)
+            except BuildError as exc:
+                c.fail("failed", str(exc))
+                self.trace.update(name, outcome="failed", reason=str(exc))
+                return
+            if isinstance(recipe, ConvertPrecision) and not self._precision_pays(c, recipe):
+                return
+            self.trace.update(name, stage="parity gate")
+            if not self._parity(c):
+                self.trace.update(name, outcome=c.record.status, reason=c.record.reason or "")  # type: ignore[arg-type]
+                return
+            self.trace.update(name, stage="ranking screen")
+            assert c.embedder is not None
+            screen = self._screen_quality(c.embedder)
+            # over budget on the screen: accuracy control makes a variant that fits; clearly over
+            # (even the interval's optimistic end): this one is not worth the held-out evaluation
+            control = screen.drop > self.max_drop and prebuilt is None and isinstance(recipe, EXCLUDABLE)
+            if (why := screen_failure(screen, self.max_drop)) is not None:
+                c.fail("rejected", why)
+                c.embedder = None
+                self.trace.update(name, outcome="rejected", reason=why)
+            if c.record.status == "ok":
+                self.trace.update(name, stage="held-out")
+                self._held_out(c)
+                q = c.record.scores.quality
+                assert q is not None
+                verdict = "within" if q.drop <= self.max_drop else "over"
+                self.trace.update(
+                    name,
+                    outcome="kept",
+                    reason=f"held-out drop {q.drop:+.4f}, {verdict} the budget {self.max_drop:g}",
+                )
+        if control:
+            self._accuracy_control(name, recipe)
+
+    def _precision_pays(self, c: _Candidate, recipe: ConvertPrecision) -> bool:
+        """On a CPU a half-precision graph is kept only if ORT runs it faster here (measured)."""
+        assert c.path is not None
+        c.record.scores.file_bytes = c.path.stat().st_size
+        base = self.candidates[BASELINE].path
+        assert base is not None
+        texts = self.split.calibration.texts[:4] or [_typical_text(self.split.held_out.texts, self.tokenizer)]
+        feeds = [self.tokenizer.encode([t]) for t in texts]
+        self.trace.update(c.record.name, stage="speed check")
+        decision = measure_on_cpu(recipe, base, c.path, feeds, self.cpu, self.opts.threads, seconds=1.0)
+        if decision.run:
+            return True
+        c.fail("rejected", decision.reason)
+        self.trace.update(c.record.name, outcome="rejected", reason=decision.reason)
+        return False
+
+    def _accuracy_control(self, name: str, recipe: Any) -> None:
+        """Return the most sensitive nodes to float, one group at a time, until the ranking screen
+        passes; the result is a new candidate ``<name>-ac`` that then goes through the whole gate."""
+        ac_name = f"{name}-ac"
+        src = self.candidates[BASELINE].path
+        bad = self.candidates[name].path
+        assert src is not None and bad is not None
+        summary = recipe_summary([self.export_recipe.model_dump(), recipe.model_dump()])
+        if (stop := self._stop_reason()) is not None:
+            self.trace.add(ac_name, summary + " + accuracy control", "not started", "skipped", stop)
+            return
+        self.trace.add(ac_name, summary + " + accuracy control", "sensitivity", "kept")
+        calibration = self._calibration() if isinstance(recipe, QuantizeStatic) else None
+        with self.trace.timed(ac_name):
+            try:
+                feeds = self._calibration().feeds[:SENSITIVITY_BATCHES]
+                ranking = rank_sensitivity(src, bad, feeds, threads=self.opts.threads)
+            except (BuildError, Exception) as exc:  # ORT raises plain exceptions on odd cut-outs
+                self.trace.update(ac_name, outcome="failed", reason=f"sensitivity ranking failed: {exc}")
+                return
+            quantized = sum(1 for r in ranking if r.quantized)
+            group = max(1, -(-quantized // AC_GROUPS_OF))
+            probe = self.work / f"{ac_name}-probe.onnx"
+
+            def passes(path: Path) -> bool:
+                try:
+                    runner = self.task.wrap_onnx(OnnxBackend(path, self.opts.threads), self.tokenizer)
+                except BundleError:
+                    return False
+                return self._screen_quality(runner).drop <= self.max_drop
+
+            self.trace.update(ac_name, stage="accuracy control")
+            try:
+                result = exclude_until_passes(
+                    recipe,
+                    src,
+                    probe,
+                    ranking,
+                    passes,
+                    group_size=group,
+                    max_excluded=group * AC_MAX_GROUPS,
+                    calibration=calibration,
+                )
+            except BuildError as exc:
+                self.trace.update(ac_name, outcome="failed", reason=str(exc))
+                return
+        tried = ", ".join(f"{k} nodes {'passed' if ok else 'failed'}" for k, ok in result.attempts)
+        if not result.passed:
+            self.trace.update(
+                ac_name,
+                outcome="rejected",
+                reason=f"ranking screen still over budget with up to {group * AC_MAX_GROUPS} of "
+                f"{quantized} quantized nodes kept float ({tried})",
+            )
+            return
+        spent = self.trace.entries.pop(ac_name).seconds  # its own entry follows, with the time so far
+        why = (
+            f"{result.recipe.why}; accuracy control: {len(result.excluded)} most sensitive nodes kept "
+            f"float ({tried})"
+        )
+        assert result.path is not None
+        self._try(ac_name, result.recipe.model_copy(update={"why": why}), prebuilt=result.path, seconds=spent)
 
     def latency(self) -> None:
         held_out = self.split.held_out.texts
@@ -396,7 +687,14 @@ class _BuildRun:
 
     def write(self) -> BuildResult:
         variants = [c.record for c in self.candidates.values()]
-        choice = choose(variants, self.opts.max_quality_drop, REFERENCE)
+        choice = choose(variants, self.max_drop, REFERENCE, self.budget)
+        if self.interrupted:
+            choice = type(choice)(
+                choice.name,
+                f"{choice.reason} (build {self.interrupted}: only the "
+                "candidates measured before it were compared)",
+            )
+        ref_quality = self.candidates[REFERENCE].record.scores.quality
         for v in variants:
             v.file = "model.onnx" if v.name == choice.name else None
         config = self.task.serving_config(self.reference, self.max_length)
@@ -423,12 +721,18 @@ class _BuildRun:
                 n_test=len(self.split.held_out),
                 notes=self.split.notes,
             ),
-            budget={"max_quality_drop": self.opts.max_quality_drop, "metric": self.task.quality_metric},
+            budget={
+                **self.budget.as_manifest(ref_quality.value if ref_quality else None),
+                "metric": self.task.quality_metric,
+            },
+            search_trace=self.trace.as_manifest(),
             variants=variants,
             chosen=choice.name,
             chosen_reason=choice.reason,
             artifact="model.onnx",
         )
+        # as it will read back from kiln.json (tuples become lists), so `kiln report` renders the same page
+        manifest = Manifest.model_validate_json(manifest.model_dump_json())
         chosen_path = self.candidates[choice.name].path
         assert chosen_path is not None
         files = {"model.onnx": chosen_path, "tokenizer.json": self.tok_path}
@@ -439,7 +743,7 @@ class _BuildRun:
             self.out,
             manifest,
             files=files,
-            texts={"README.md": model_card(manifest)},
+            texts={"README.md": model_card(manifest), "report.html": render_report(manifest)},
         )
         final = load_bundle(self.out).manifest
         self.console.print(variants_table(final.variants, final.chosen))

@@ -56,7 +56,9 @@ class EmbedTask(Task):
         return EvalSplit(data=data, held_out=test, calibration=train, fit=train, notes=PROBE_NOTES)
 
     def parity_texts(self, split: EvalSplit) -> list[str]:
-        return split.held_out.texts
+        """The probe's fit half: decisions never look at the held-out split."""
+        assert split.fit is not None
+        return split.fit.texts
 
     def quality_texts(self, split: EvalSplit) -> list[str]:
         assert split.fit is not None
