@@ -115,7 +115,33 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         changes["monitor_keep_text"] = True
     if args.monitor_retention_days is not None:
         changes["monitor_retention_days"] = args.monitor_retention_days
+    if args.text_overflow is not None:
+        changes["text_overflow"] = args.text_overflow
+    if args.max_text_chars is not None:
+        changes["max_text_chars"] = args.max_text_chars
+    if args.api_keys_reload is not None:
+        changes["api_keys_reload_s"] = args.api_keys_reload
     return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw} is not at least 1")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{raw} is not a number of seconds >= 0")
+    return value
 
 
 def _fraction(raw: str) -> float:
@@ -451,12 +477,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DAYS",
         help="delete request-log rows older than DAYS (0: keep all, default 30; KILN_MONITOR_RETENTION_DAYS)",
     )
+    pl = ps.add_argument_group("limits")
+    pl.add_argument(
+        "--text-overflow",
+        choices=["truncate", "reject"],
+        default=None,
+        help="a text of more tokens than the model's max length: truncate it to that length (default) "
+        "or reject the request with 400 (KILN_TEXT_OVERFLOW)",
+    )
+    pl.add_argument(
+        "--max-text-chars",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="refuse (400) a text of more than N characters (default 100000; KILN_MAX_TEXT_CHARS)",
+    )
     pa = ps.add_argument_group("security")
     pa.add_argument(
         "--api-keys",
         default=None,
         metavar="FILE",
-        help="API keys file (`kiln keys add`): every route but health then needs a key (KILN_API_KEYS)",
+        help="API keys file (`kiln keys add`): every route but health then needs a key (KILN_API_KEYS); "
+        "the server reloads it when it changes and on SIGHUP",
+    )
+    pa.add_argument(
+        "--api-keys-reload",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how often to check the API keys file for changes (default 2; 0: only on SIGHUP; "
+        "KILN_API_KEYS_RELOAD_S)",
     )
     pa.add_argument("--ssl-certfile", default=None, metavar="PEM", help="serve HTTPS (and gRPC TLS)")
     pa.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="the certificate's private key")

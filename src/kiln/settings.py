@@ -43,6 +43,19 @@ def _bool(name: str, default: bool) -> bool:
     raise ValueError(f"{name}={raw!r} is not a yes/no value (use 1 or 0)")
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return value
+
+
+TEXT_OVERFLOW = ("truncate", "reject")
+
+
 def _str(name: str) -> str | None:
     raw = os.environ.get(name)
     return raw if raw else None
@@ -63,12 +76,16 @@ class Settings:
     ``KILN_THREADS``            intra-op threads for ONNX Runtime (0 = all cores)
     ``KILN_MAX_BATCH_ITEMS``    most texts one request may carry
     ``KILN_MAX_REQUEST_BYTES``  largest request body the server accepts
-    ``KILN_MAX_TEXT_CHARS``     longest single text accepted
+    ``KILN_MAX_TEXT_CHARS``     longest single text accepted (characters; a longer one is refused)
+    ``KILN_TEXT_OVERFLOW``      a text of more tokens than the model's max length: ``truncate`` (default: the
+                                model reads its first max-length tokens) or ``reject`` (400)
     ``KILN_MAX_BATCH_SIZE``     most texts (from any number of requests) in one model call
     ``KILN_MAX_WAIT_MS``        longest a text waits for its batch to fill (milliseconds)
     ``KILN_MAX_QUEUE``          most texts waiting per model; past it requests get 429 + Retry-After
     ``KILN_API_KEYS``           API keys file (``kiln keys add``); when set, every route but health needs
                                 a key (default: unset, no keys; ``kiln serve --api-keys`` overrides it)
+    ``KILN_API_KEYS_RELOAD_S``  how often the server checks the keys file for changes (seconds; 0: only on
+                                SIGHUP; default 2)
     ``KILN_ACCESS_LOG``         1: one JSON access-log line per request on stdout (default); 0: none
     ``KILN_MONITOR``            1/0: keep the request log (``from_env`` default 1, so ``kiln serve`` logs;
                                 a ``Settings()`` built in code logs nothing unless ``monitor=True``)
@@ -90,10 +107,12 @@ class Settings:
     max_batch_items: int = 256
     max_request_bytes: int = 8 * 1024 * 1024
     max_text_chars: int = 100_000
+    text_overflow: str = "truncate"
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
     max_queue: int = 1024
     api_keys: Path | None = None
+    api_keys_reload_s: float = 2.0
     access_log: bool = True
     monitor: bool = False
     monitor_db: str | None = None
@@ -120,10 +139,12 @@ class Settings:
             max_batch_items=_int("KILN_MAX_BATCH_ITEMS", 256),
             max_request_bytes=_int("KILN_MAX_REQUEST_BYTES", 8 * 1024 * 1024),
             max_text_chars=_int("KILN_MAX_TEXT_CHARS", 100_000),
+            text_overflow=_choice("KILN_TEXT_OVERFLOW", "truncate", TEXT_OVERFLOW),
             max_batch_size=_int("KILN_MAX_BATCH_SIZE", 32),
             max_wait_ms=_float("KILN_MAX_WAIT_MS", 2.0),
             max_queue=_int("KILN_MAX_QUEUE", 1024),
             api_keys=Path(keys).expanduser() if (keys := _str("KILN_API_KEYS")) else None,
+            api_keys_reload_s=_float("KILN_API_KEYS_RELOAD_S", 2.0),
             access_log=_bool("KILN_ACCESS_LOG", True),
             monitor=_bool("KILN_MONITOR", True),
             monitor_db=_str("KILN_MONITOR_DB"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,8 +95,24 @@ def test_grpc_and_http_share_one_dataplane(server: GrpcServer, triton, expected:
     inp = grpcclient.InferInput("text", [1], "BYTES")
     inp.set_data_from_numpy(np.array([TEXTS[1]], dtype=object))
     np.testing.assert_allclose(triton.infer(MODEL, [inp]).as_numpy("embedding"), expected[1:2], atol=1e-6)
+    result = triton.infer(MODEL, [inp], request_id="e2e-shared", headers={"x-request-id": "e2e-shared-rid"})
+    assert result.get_response().id == "e2e-shared"
     metrics = httpx.get(f"{server.http.url}/metrics", timeout=5).text
-    assert 'kiln_inference_items_total{model="tiny-embed"}' in metrics  # gRPC inference counted there
+    assert 'kiln_inference_items_total{model="tiny-embed",version="1"}' in metrics  # gRPC inference counted
+    assert 'kiln_grpc_requests_total{code="OK",method="ModelInfer",model="tiny-embed",version="1"}' in metrics
+    # its access-log line (JSON on stdout, like REST's) and its request-log row
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in server.http.log.read_text().splitlines() if x.startswith("{")]
+        mine = [x for x in lines if x.get("request_id") == "e2e-shared-rid"]
+        committed = httpx.get(f"{server.http.url}/v2/monitor/stats", timeout=5).json()["committed"]
+        if mine and committed >= 2:
+            break
+        time.sleep(0.2)
+    assert [(x["method"], x["route"], x["status"], x["grpc_code"]) for x in mine] == [
+        ("GRPC", "/inference.GRPCInferenceService/ModelInfer", 200, "OK")
+    ]
+    assert committed >= 2  # both ModelInfer calls are in the request log
 
 
 def test_errors(triton) -> None:

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
 from _fixtures.monitor_db import monitor_db_url, postgres_url  # noqa: E402, F401
 from kiln.bundle.load import load_bundle  # noqa: E402
+from kiln.serve.access_log import KEY_ID_KEY  # noqa: E402
 from kiln.serve.app import create_app  # noqa: E402
 from kiln.settings import Settings  # noqa: E402
 
@@ -34,7 +35,7 @@ class WithKeyId:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            scope.setdefault("state", {})["key_id"] = self.key_id
+            scope.setdefault("state", {})[KEY_ID_KEY] = self.key_id
         await self.app(scope, receive, send)
 
 

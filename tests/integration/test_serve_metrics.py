@@ -1,4 +1,4 @@
-"""/metrics after real traffic: Prometheus text, labelled by route template, model and status."""
+"""/metrics after real traffic: Prometheus text, labelled by route template, model, version and status."""
 
 from __future__ import annotations
 
@@ -24,9 +24,19 @@ def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 
 def key(
-    route: str, status: int, model: str = "tiny-embed", method: str = "POST"
+    route: str, status: int, model: str = "tiny-embed", method: str = "POST", version: str | None = None
 ) -> tuple[tuple[str, str], ...]:
-    return (("method", method), ("model", model), ("route", route), ("status", str(status)))
+    version = ("1" if model else "") if version is None else version
+    return (
+        ("method", method),
+        ("model", model),
+        ("route", route),
+        ("status", str(status)),
+        ("version", version),
+    )
+
+
+PER_VERSION = (("model", "tiny-embed"), ("version", "1"))
 
 
 def test_metrics_count_requests_latency_and_items(tiny_bundle: Path) -> None:
@@ -58,8 +68,12 @@ def test_metrics_count_requests_latency_and_items(tiny_bundle: Path) -> None:
     assert m[("kiln_http_requests_total", key("<unmatched>", 404, model="", method="GET"))] == 1
     assert m[("kiln_http_request_duration_seconds_count", key(infer, 200))] == 2
     assert m[("kiln_http_request_duration_seconds_sum", key(infer, 200))] > 0
-    assert m[("kiln_inference_items_total", (("model", "tiny-embed"),))] == 3 * 3 + 2
-    assert m[("kiln_inference_duration_seconds_count", (("model", "tiny-embed"),))] == 4
+    assert m[("kiln_inference_items_total", PER_VERSION)] == 3 * 3 + 2
+    # tokens: [CLS] + words + [SEP]; "a" 3, "b c" 4 (two unknown words), "d" 3; "x" 3, "y" 3
+    assert m[("kiln_inference_tokens_total", PER_VERSION)] == 3 * (3 + 4 + 3) + (3 + 3)
+    assert m[("kiln_inference_duration_seconds_count", PER_VERSION)] == 4
+    assert m[("kiln_batch_size_count", PER_VERSION)] == 4
+    assert m[("kiln_queue_depth", PER_VERSION)] == 0
     # raw paths and unknown model names never become label values
     labels = {v for (_, lab) in m for (_, v) in lab}
     assert not {"/no/such/path", "some-random-name", "unknown", tiny_bundle.name} & labels

@@ -1,8 +1,10 @@
 """What one request ran, noted for the request log while the request is served.
 
-The request-log middleware (``kiln.serve.monitoring``) opens a :class:`Capture` for each HTTP request in a
-context variable; the dataplane calls :func:`note_inference` after each inference, which fills it in.
-Without an open capture (monitoring off, gRPC, direct library use) :func:`note_inference` does nothing.
+The request log's side of each protocol (``kiln.serve.monitoring`` for HTTP, ``kiln.serve.grpc.calls`` for
+gRPC) opens a :class:`Capture` for each request in a context variable; the dataplane fills it in after each
+inference (:meth:`Capture.note`, through :func:`current_capture` or :func:`note_inference`), with the
+top label and its probability per text when the model is a classifier. Without an open capture
+(monitoring off, direct library use) nothing is noted.
 Only a sampled request's capture keeps the texts and outputs, by reference: the request log's writer
 thread hashes and summarises them later, off the request's path.
 """
@@ -72,17 +74,6 @@ def close_capture(token: Token[Capture | None]) -> None:
 
 def current_capture() -> Capture | None:
     return _current.get()
-
-
-def note_predictions(labels: Sequence[str], scores: Sequence[float]) -> None:
-    """Name the top class and its probability for the inputs just noted (a classifier's route calls this
-    after the dataplane noted the inference); kept only when the request is sampled."""
-    capture = _current.get()
-    n = len(labels)
-    if capture is None or not capture.sampled or n == 0 or len(capture.labels) < n:
-        return
-    capture.labels[-n:] = list(labels)
-    capture.scores[-n:] = [float(s) for s in scores]
 
 
 def _on_current(method: Callable[Concatenate[Capture, P], None]) -> Callable[P, None]:

@@ -8,6 +8,9 @@
 the request named none); ``key_id`` the id of the API key used (null without one). The key itself, query
 strings, headers and payloads are never logged.
 
+gRPC calls get the same line (``kiln.serve.grpc.calls``): ``method`` ``"GRPC"``, ``route`` the RPC's full
+name, ``status`` the HTTP status REST would answer for the same outcome, plus ``grpc_code``.
+
 Request ids: a client's ``X-Request-ID`` is kept when it is 1-128 printable ASCII characters without spaces,
 else the server makes one (32 hex digits); either way the response carries it in ``X-Request-ID``.
 """
@@ -57,8 +60,10 @@ def access_line(
     latency_ms: float,
     key_id: str | None,
     at: float | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> str:
-    """One access-log line (JSON, no spaces); ``at`` is the Unix time (default: now)."""
+    """One access-log line (JSON, no spaces); ``at`` is the Unix time (default: now); ``extra``: more
+    fields after the standard ones (a gRPC call's ``grpc_code``)."""
     when = datetime.fromtimestamp(time.time() if at is None else at, tz=timezone.utc)
     record: dict[str, Any] = {
         "time": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
@@ -69,11 +74,13 @@ def access_line(
         "status": status,
         "latency_ms": round(latency_ms, 3),
         "key_id": key_id,
+        **(extra or {}),
     }
     return json.dumps(record, separators=(",", ":"))
 
 
-def _template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+def template_of(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+    """The route template of a request, also of one refused before routing (auth): matched on ``routes``."""
     template = route_template(scope)
     if template != UNMATCHED:
         return template
@@ -125,7 +132,7 @@ class AccessLogMiddleware:
                     access_line(
                         request_id=rid,
                         method=str(scope.get("method", "")),
-                        route=_template(scope, self.routes),
+                        route=template_of(scope, self.routes),
                         model=state.get(MODEL_KEY),
                         status=status or CLIENT_CLOSED,
                         latency_ms=(time.perf_counter() - start) * 1000.0,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +35,18 @@ from kiln.settings import Settings
 if TYPE_CHECKING:
     from kiln.monitor.requestlog import RequestLog
 
+log = logging.getLogger("kiln.serve")
+
+
+async def watch_keys(guard: Guard, every_s: float) -> None:
+    """Reload ``guard``'s keys file whenever it changes (checked every ``every_s`` seconds, off the loop)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await anyio.to_thread.run_sync(guard.reload_if_changed)
+        except Exception:  # never let the watcher die: the next check tries again
+            log.exception("checking the API keys file for changes failed")
+
 
 def build_app(
     dataplane: DataPlane,
@@ -59,7 +74,14 @@ def build_app(
             request_log.start()
         if monitor is not None:  # the alert watcher (kiln.serve.dashboard)
             monitor.start()
+        watcher = None
+        if guard is not None and guard.path is not None and settings.api_keys_reload_s > 0:
+            watcher = asyncio.create_task(watch_keys(guard, settings.api_keys_reload_s))
         yield
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if monitor is not None:
             await anyio.to_thread.run_sync(monitor.stop)
         dataplane.drain()
@@ -77,7 +99,11 @@ def build_app(
         *feedback_routes(request_log, dataplane, limit),
     ]
     logged = (
-        [Middleware(RequestLogMiddleware, request_log=request_log, sample=settings.monitor_sample)]
+        [
+            Middleware(
+                RequestLogMiddleware, request_log=request_log, sample=settings.monitor_sample, routes=routes
+            )
+        ]
         if request_log is not None
         else []
     )
@@ -125,11 +151,12 @@ def create_repository_app(
         observer=metrics.observe_inference,
         batching=BatchConfig.from_settings(settings),
         queue_observer=metrics.observe_queue,
+        token_observer=metrics.observe_tokens,
     )
     repository = ModelRepository(
         paths,
         dataplane,
-        lambda b: load_model(b, threads=settings.threads),
+        lambda b: load_model(b, threads=settings.threads, text_overflow=settings.text_overflow),
         canaries=canaries,
         verified=verified,
     )

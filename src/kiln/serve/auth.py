@@ -20,12 +20,19 @@ Route groups (a key's ``routes``):
 
 Model scopes are checked against the served model's canonical name once the adapter has resolved it
 (:func:`authorize_model`), so an alias cannot get around them.
+
+Reload without restart: :meth:`Guard.reload_if_changed` (the app polls it every ``KILN_API_KEYS_RELOAD_S``)
+and :meth:`Guard.reload` (``kiln serve`` calls it on SIGHUP) read the keys file again; added keys work and
+revoked ones stop working from the next request. A file that cannot be used (deleted, half-written,
+invalid) is refused with an error in the log, and the server keeps the keys it had.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,11 +43,13 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kiln.errors import AuthError, ForbiddenError, RateLimitedError, RequestError
+from kiln.errors import AuthError, ForbiddenError, KeysFileError, RateLimitedError, RequestError
 from kiln.serve.access_log import KEY_ID_KEY
 from kiln.serve.errors import error_response, headers_for, status_for
 from kiln.serve.keys import ADMIN_ROUTES, ApiKey, KeyStore
 from kiln.serve.ratelimit import RateLimiter, default_burst
+
+log = logging.getLogger("kiln.serve")
 
 KEY_KEY = "kiln_api_key"
 """``request.state`` attribute holding the authenticated :class:`ApiKey` (only when keys are configured)."""
@@ -129,16 +138,68 @@ def exposure_warning(host: str, has_keys: bool) -> str | None:
     )
 
 
-class Guard:
-    """Checks a presented key: authenticates it, checks its scopes, takes a token from its bucket."""
+FileStamp = tuple[int, int, int] | None
+"""(inode, size, modification time in ns) of a file; ``None`` when it cannot be read."""
 
-    def __init__(self, store: KeyStore, limiter: RateLimiter | None = None) -> None:
+
+def file_stamp(path: Path) -> FileStamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Guard:
+    """Checks a presented key: authenticates it, checks its scopes, takes a token from its bucket.
+
+    ``path``: the keys file ``store`` was read from, for :meth:`reload` / :meth:`reload_if_changed`.
+    """
+
+    def __init__(self, store: KeyStore, limiter: RateLimiter | None = None, path: Path | None = None) -> None:
         self.store = store
         self.limiter = limiter or RateLimiter()
+        self.path = None if path is None else Path(path)
+        self._stamp: FileStamp = None
+        self._failed: list[FileStamp] = []  # the stamp of the last version that could not be used
 
     @classmethod
     def from_file(cls, path: Path) -> Guard:
-        return cls(KeyStore.from_file(path))
+        stamp = file_stamp(path)  # before reading: a change made while reading is seen next time
+        guard = cls(KeyStore.from_file(path), path=path)
+        guard._stamp = stamp
+        return guard
+
+    def reload(self) -> bool:
+        """Read the keys file again and use its keys from the next request on. When the file cannot be
+        used, log why and keep the current keys (a broken file never locks every client out, nor lets
+        anyone in). True when the keys were replaced."""
+        if self.path is None:
+            return False
+        stamp = file_stamp(self.path)
+        try:
+            store = KeyStore.from_file(self.path)
+        except KeysFileError as exc:
+            if self._failed != [stamp]:  # once per broken version of the file, not at every check
+                log.error(
+                    "API keys not reloaded, the server keeps its %d keys: %s", len(self.store.keys), exc
+                )
+            self._failed = [stamp]
+            return False
+        self.store = store  # one reference swap: requests see the old keys or the new ones, never a mix
+        self._stamp = stamp
+        self._failed = []
+        log.info("API keys reloaded from %s: %d keys", self.path, len(store.keys))
+        return True
+
+    def reload_if_changed(self) -> bool:
+        """:meth:`reload` when the file changed (inode, size or mtime) since it was last read."""
+        if self.path is None:
+            return False
+        stamp = file_stamp(self.path)
+        if stamp == self._stamp or self._failed == [stamp]:
+            return False
+        return self.reload()
 
     async def authenticate(self, presented: str | None) -> ApiKey:
         if not presented:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kiln.errors import OverloadedError
+from kiln.errors import InvalidInputError, OverloadedError
 from kiln.settings import Settings
 
 log = logging.getLogger("kiln.serve")
@@ -134,11 +134,15 @@ class TextBatcher:
         count_tokens: LengthCounter,
         config: BatchConfig | None = None,
         on_queue: QueueObserver | None = None,
+        max_tokens: int | None = None,
     ) -> None:
+        """``max_tokens``: refuse (``InvalidInputError``) a request holding a text of more tokens than
+        this; ``count_tokens`` must then count before truncation. ``None``: no check."""
         self.name = name
         self.config = config or BatchConfig()
         self._run = run
         self._count_tokens = count_tokens
+        self._max_tokens = max_tokens
         self._on_queue = on_queue
         self._cond = threading.Condition()
         self._incoming: deque[_Job] = deque()  # guarded by _cond
@@ -253,7 +257,23 @@ class TextBatcher:
             job.tokens = counts[start : start + len(job.texts)]
             job.remaining = len(job.texts)
             start += len(job.texts)
+            too_long = self._too_long(job.tokens)
+            if too_long is not None:
+                self._discard(job, len(job.texts), too_long)
+                continue
             self._items.extend(_Item(job, i, bucket_of(n)) for i, n in enumerate(job.tokens))
+
+    def _too_long(self, tokens: list[int]) -> InvalidInputError | None:
+        limit = self._max_tokens
+        if limit is None:
+            return None
+        for i, n in enumerate(tokens):
+            if n > limit:
+                return InvalidInputError(
+                    f"text {i} has {n} tokens; model {self.name!r} reads at most {limit} "
+                    "(shorten it, or serve with --text-overflow truncate to cut it to the model's length)"
+                )
+        return None
 
     def _discard(self, job: _Job, queued: int, error: BaseException | None) -> None:
         """Forget ``queued`` of ``job``'s waiting texts; tell its caller ``error`` once."""

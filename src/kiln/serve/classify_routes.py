@@ -22,7 +22,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kiln.errors import InvalidInputError, RequestError
-from kiln.monitor.capture import note_predictions
 from kiln.serve.auth import authorize_model
 from kiln.serve.body import read_body
 from kiln.serve.dataplane import DataPlane, ModelInfo
@@ -118,10 +117,7 @@ class ClassifyAdapter:
             result = await self.dataplane.ainfer(info.name, texts, with_tokens=True)
         except RequestError as exc:
             raise ParamError(exc, "input") from None
-        scores = np.asarray(result.embeddings)
-        if scores.ndim == 2 and scores.shape[1] == len(info.labels):  # for the request log (drift, CBPE)
-            top = [info.labels[int(k)] for k in scores.argmax(axis=1)]
-            note_predictions(top, scores.max(axis=1).tolist())
+        set_model_label(request, info.name, result.version)
         return JSONResponse(
             classify_response(info.name, info.labels, result.embeddings, req.top_k, result.prompt_tokens or 0)
         )

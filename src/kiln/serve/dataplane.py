@@ -31,9 +31,9 @@ from typing import Protocol
 import numpy as np
 
 from kiln.errors import InvalidInputError, PayloadTooLargeError, UnknownModelError
-from kiln.monitor.capture import note_inference
+from kiln.monitor.capture import current_capture
 from kiln.serve.batching import BatchConfig, TextBatcher
-from kiln.settings import Settings
+from kiln.settings import TEXT_OVERFLOW, Settings
 
 log = logging.getLogger("kiln.serve")
 
@@ -85,14 +85,30 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Limits:
-    """How much one request may ask for."""
+    """How much one request may ask for.
+
+    ``max_text_chars``: a longer text is always refused (400). ``text_overflow``: what happens to a text of
+    more tokens than the model's ``max_length``: ``truncate`` (the model reads its first ``max_length``
+    tokens) or ``reject`` (400 naming the text, its tokens and the limit).
+    """
 
     max_batch_items: int = 256
     max_text_chars: int = 100_000
+    text_overflow: str = "truncate"
+
+    def __post_init__(self) -> None:
+        if self.text_overflow not in TEXT_OVERFLOW:
+            raise ValueError(
+                f"text_overflow must be one of {', '.join(TEXT_OVERFLOW)}, not {self.text_overflow!r}"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
-        return cls(max_batch_items=settings.max_batch_items, max_text_chars=settings.max_text_chars)
+        return cls(
+            max_batch_items=settings.max_batch_items,
+            max_text_chars=settings.max_text_chars,
+            text_overflow=settings.text_overflow,
+        )
 
 
 @dataclass(frozen=True)
@@ -105,10 +121,12 @@ class Inference:
     """The model version that computed them."""
 
 
-InferenceObserver = Callable[[str, int, float], None]
-"""Called after each model call (one batch) with (model name, number of texts, seconds)."""
-QueueDepthObserver = Callable[[str, int], None]
-"""Called with (model name, texts waiting in all its versions) whenever a model's queue depth changes."""
+InferenceObserver = Callable[[str, str, int, float], None]
+"""Called after each model call (one batch) with (model name, version, number of texts, seconds)."""
+QueueDepthObserver = Callable[[str, str, int], None]
+"""Called with (model name, version, texts waiting for that version) whenever its queue depth changes."""
+TokenObserver = Callable[[str, str, int], None]
+"""Called after each request's inference with (model name, version, tokens of its texts)."""
 
 
 def version_key(version: str) -> tuple[int, int, str]:
@@ -222,11 +240,13 @@ class DataPlane:
         batching: BatchConfig | None = None,
         queue_observer: QueueDepthObserver | None = None,
         rng: random.Random | None = None,
+        token_observer: TokenObserver | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.batching = batching or BatchConfig()
         self._observer = observer
         self._queue_observer = queue_observer
+        self._token_observer = token_observer
         self._rng = rng or random.Random()
         self._models: dict[str, _Model] = {}
         self._names: dict[str, str] = {}  # name or alias -> model name
@@ -258,7 +278,8 @@ class DataPlane:
             run=lambda texts: self._embed(served, texts),
             count_tokens=model.count_tokens,
             config=self.batching,
-            on_queue=self._queue_callback(info.name),
+            on_queue=self._queue_callback(info.name, info.version),
+            max_tokens=self._token_limit(info, model),
         )
         with self._lock:
             entry = self._models.get(info.name)
@@ -311,11 +332,23 @@ class DataPlane:
                     names[alias] = entry.name
         self._names = names
 
-    def _queue_callback(self, name: str) -> Callable[[int], None] | None:
+    def _token_limit(self, info: ModelInfo, model: TextModel) -> int | None:
+        """With ``text_overflow="reject"``: the tokens a text may have (the model's ``max_length``)."""
+        if self.limits.text_overflow != "reject":
+            return None
+        if info.max_length is None or not getattr(model, "counts_untruncated", False):
+            raise ValueError(
+                f"model {info.name!r} version {info.version} cannot refuse over-long texts: it does not say "
+                "its max_length or does not count tokens before truncation (serve it with "
+                "text_overflow='truncate')"
+            )
+        return info.max_length
+
+    def _queue_callback(self, name: str, version: str) -> Callable[[int], None] | None:
         observer = self._queue_observer
         if observer is None:
             return None
-        return lambda _depth: observer(name, self._depth_of(name))
+        return lambda depth: observer(name, version, depth)
 
     def _depth_of(self, name: str) -> int:
         entry = self._models.get(name)
@@ -483,12 +516,38 @@ class DataPlane:
             result = await served.batcher.submit(items)
         finally:
             served.leave()
-        # for the request log, when one is capturing this request (no I/O here)
-        note_inference(served.info.name, items, result.tokens, result.embeddings, version=served.info.version)
+        info = served.info
+        if self._token_observer is not None:
+            self._token_observer(info.name, info.version, sum(result.tokens))
+        self._note(info, items, result.tokens, result.embeddings)
         return Inference(
             embeddings=result.embeddings,
             prompt_tokens=sum(result.tokens) if with_tokens else None,
             version=served.info.version,
+        )
+
+    @staticmethod
+    def _note(info: ModelInfo, texts: list[str], tokens: list[int], rows: np.ndarray) -> None:
+        """Tell the request log, when one is capturing this request (whatever the protocol), what ran:
+        the rows (embeddings, or a classifier's class probabilities; summarised later, off the request's
+        path) and, for a classifier, each text's top label and its probability. No I/O here."""
+        capture = current_capture()
+        if capture is None:
+            return
+        labels = scores = None
+        n = len(info.labels)
+        if capture.sampled and n and rows.ndim == 2 and rows.shape[1] == n:
+            top = rows.argmax(axis=1)
+            labels = [info.labels[int(k)] for k in top]
+            scores = rows[np.arange(len(top)), top].astype(float).tolist()
+        capture.note(
+            info.name,
+            texts,
+            tokens,
+            rows,
+            labels=labels,
+            scores=scores,
+            version=info.version,
         )
 
     def _embed(self, served: _Version, texts: list[str]) -> np.ndarray:
@@ -504,5 +563,5 @@ class DataPlane:
                 f"{len(texts)} texts; expected ({len(texts)}, {info.dimension})"
             )
         if self._observer is not None:
-            self._observer(info.name, len(texts), seconds)
+            self._observer(info.name, info.version, len(texts), seconds)
         return embeddings

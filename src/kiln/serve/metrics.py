@@ -1,14 +1,20 @@
 """Prometheus metrics on a registry owned by one app (never the process-global one).
 
-    kiln_http_requests_total{method, route, model, status}            requests answered
-    kiln_http_request_duration_seconds{method, route, model, status}  wall time per request
-    kiln_inference_items_total{model}                                 texts embedded
-    kiln_inference_duration_seconds{model}                            model time per batch
-    kiln_batch_size{model}                                            texts per model call (histogram)
-    kiln_queue_depth{model}                                           texts waiting for a batch (gauge)
+    kiln_http_requests_total{method, route, model, version, status}            HTTP requests answered
+    kiln_http_request_duration_seconds{method, route, model, version, status}  wall time per request
+    kiln_grpc_requests_total{method, model, version, code}                     gRPC calls answered
+    kiln_grpc_request_duration_seconds{method, model, version, code}           wall time per call
+    kiln_inference_items_total{model, version}                                 texts run through the model
+    kiln_inference_tokens_total{model, version}                                their tokens (after truncation)
+    kiln_inference_duration_seconds{model, version}                            model time per batch
+    kiln_batch_size{model, version}                                            texts per call (histogram)
+    kiln_queue_depth{model, version}                                           texts queued (gauge)
 
-``route`` is the route template (``/v2/models/{model_name}/infer``), never the raw path, and ``model`` is
-the served model's canonical name (empty when a request names no served model), so label sets stay small.
+``route`` is the route template (``/v2/models/{model_name}/infer``), never the raw path; ``method`` of a gRPC
+call is the RPC's name (``ModelInfer``) and ``code`` its status code name (``OK``, ``INVALID_ARGUMENT`` ...).
+``model`` is the served model's canonical name and ``version`` the version that answered (both empty when a
+request names no served model, or fails before one is chosen), so label sets stay small. Errors are the
+series with ``status`` >= 400 (HTTP) or ``code`` other than ``OK`` (gRPC).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MODEL_KEY = "kiln_model"
+VERSION_KEY = "kiln_model_version"
 UNMATCHED = "<unmatched>"
 CLIENT_CLOSED = 499  # no response was sent: the client went away (nginx's convention)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -40,7 +47,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        labels = ("method", "route", "model", "status")
+        labels = ("method", "route", "model", "version", "status")
         self.requests = Counter(
             "kiln_http_requests_total", "HTTP requests answered", labels, registry=self.registry
         )
@@ -51,39 +58,67 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        grpc_labels = ("method", "model", "version", "code")
+        self.grpc_requests = Counter(
+            "kiln_grpc_requests_total", "gRPC calls answered", grpc_labels, registry=self.registry
+        )
+        self.grpc_latency = Histogram(
+            "kiln_grpc_request_duration_seconds",
+            "gRPC call wall time in the server, from the request decoded to the answer ready",
+            grpc_labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        per_version = ("model", "version")
         self.items = Counter(
-            "kiln_inference_items_total", "texts embedded", ("model",), registry=self.registry
+            "kiln_inference_items_total", "texts run through the model", per_version, registry=self.registry
+        )
+        self.tokens = Counter(
+            "kiln_inference_tokens_total",
+            "tokens of the texts run through the model (after truncation, no padding)",
+            per_version,
+            registry=self.registry,
         )
         self.inference = Histogram(
             "kiln_inference_duration_seconds",
             "model time per inference batch",
-            ("model",),
+            per_version,
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.batch_size = Histogram(
             "kiln_batch_size",
             "texts per model call (one batch may hold texts from several requests)",
-            ("model",),
+            per_version,
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "kiln_queue_depth", "texts waiting for a batch", ("model",), registry=self.registry
+            "kiln_queue_depth", "texts waiting for a batch", per_version, registry=self.registry
         )
 
-    def observe_request(self, method: str, route: str, model: str, status: int, seconds: float) -> None:
-        labels = {"method": method, "route": route, "model": model, "status": str(status)}
+    def observe_request(
+        self, method: str, route: str, model: str, version: str, status: int, seconds: float
+    ) -> None:
+        labels = {"method": method, "route": route, "model": model, "version": version, "status": str(status)}
         self.requests.labels(**labels).inc()
         self.latency.labels(**labels).observe(seconds)
 
-    def observe_inference(self, model: str, items: int, seconds: float) -> None:
-        self.items.labels(model=model).inc(items)
-        self.inference.labels(model=model).observe(seconds)
-        self.batch_size.labels(model=model).observe(items)
+    def observe_grpc(self, method: str, model: str, version: str, code: str, seconds: float) -> None:
+        labels = {"method": method, "model": model, "version": version, "code": code}
+        self.grpc_requests.labels(**labels).inc()
+        self.grpc_latency.labels(**labels).observe(seconds)
 
-    def observe_queue(self, model: str, depth: int) -> None:
-        self.queue_depth.labels(model=model).set(depth)
+    def observe_inference(self, model: str, version: str, items: int, seconds: float) -> None:
+        self.items.labels(model=model, version=version).inc(items)
+        self.inference.labels(model=model, version=version).observe(seconds)
+        self.batch_size.labels(model=model, version=version).observe(items)
+
+    def observe_tokens(self, model: str, version: str, tokens: int) -> None:
+        self.tokens.labels(model=model, version=version).inc(tokens)
+
+    def observe_queue(self, model: str, version: str, depth: int) -> None:
+        self.queue_depth.labels(model=model, version=version).set(depth)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -92,9 +127,13 @@ class Metrics:
         return Response(self.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def set_model_label(request: Request, model: str) -> None:
-    """Record which served model a request was for (adapters call this once the name is resolved)."""
-    request.state.kiln_model = model
+def set_model_label(request: Request, model: str, version: str | None = None) -> None:
+    """Record which served model (and version, once known) a request was for; adapters call this once the
+    name is resolved, and again with the version that answered."""
+    state = request.scope.setdefault("state", {})
+    state[MODEL_KEY] = model
+    if version is not None:
+        state[VERSION_KEY] = version
 
 
 def route_template(scope: Scope) -> str:
@@ -141,6 +180,7 @@ class MetricsMiddleware:
                 method if method in METHODS else "other",
                 route_template(scope),
                 str(state.get(MODEL_KEY, "")),
+                str(state.get(VERSION_KEY, "")),
                 status or CLIENT_CLOSED,
                 time.perf_counter() - start,
             )

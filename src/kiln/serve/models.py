@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 from pydantic import ValidationError
@@ -22,19 +23,55 @@ from kiln.tasks.embed_config import TASK_NAME, EmbedConfig
 WARMUP_TEXT = "kiln warm-up"
 
 
-class EmbedModel:
-    """An ``OnnxEmbedder`` with the token counter the OpenAI ``usage`` field needs."""
+class UntruncatedCounter:
+    """Tokens per text *before* truncation (special tokens included), from the bundle's tokenizer file.
 
-    def __init__(self, embedder: OnnxEmbedder) -> None:
+    Served with ``text_overflow="reject"``, the batcher counts with this to refuse texts longer than the
+    model reads; the texts it accepts have no more than ``max_length`` tokens, so their counts are also
+    what the model sees.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise BundleError(f"cannot read tokenizer {path}: {exc}") from exc
+        self._tok.no_truncation()
+        self._tok.no_padding()
+
+    def __call__(self, texts: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in self._tok.encode_batch(list(texts))]
+
+
+def _truncated_counts(tokenizer: TextTokenizer, texts: Sequence[str]) -> list[int]:
+    mask = tokenizer.encode(texts)["attention_mask"]
+    return [int(n) for n in mask.sum(axis=1)]
+
+
+class EmbedModel:
+    """An ``OnnxEmbedder`` with the token counter the OpenAI ``usage`` field needs.
+
+    ``untruncated``: count tokens before truncation (see :class:`UntruncatedCounter`)."""
+
+    def __init__(self, embedder: OnnxEmbedder, untruncated: UntruncatedCounter | None = None) -> None:
         self.embedder = embedder
+        self._untruncated = untruncated
+
+    @property
+    def counts_untruncated(self) -> bool:
+        return self._untruncated is not None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embedder.embed(texts)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text after truncation, special tokens included, padding excluded."""
-        mask = self.embedder.tokenizer.encode(texts)["attention_mask"]
-        return [int(n) for n in mask.sum(axis=1)]
+        """Tokens per text after truncation (before it, with ``untruncated``), special tokens included,
+        padding excluded."""
+        if self._untruncated is not None:
+            return self._untruncated(texts)
+        return _truncated_counts(self.embedder.tokenizer, texts)
 
 
 def embed_config(bundle: Bundle) -> EmbedConfig:
@@ -68,12 +105,21 @@ def created_timestamp(created_at: str) -> int:
         return 0
 
 
-def load_embed_model(bundle: Bundle, threads: int = 0) -> tuple[ModelInfo, EmbedModel]:
-    """Open the bundle's artifact and tokenizer, run one warm-up batch and check its shape."""
+def _untruncated(bundle: Bundle, text_overflow: str) -> UntruncatedCounter | None:
+    return UntruncatedCounter(bundle.tokenizer_path) if text_overflow == "reject" else None
+
+
+def load_embed_model(
+    bundle: Bundle, threads: int = 0, text_overflow: str = "truncate"
+) -> tuple[ModelInfo, EmbedModel]:
+    """Open the bundle's artifact and tokenizer, run one warm-up batch and check its shape.
+
+    ``text_overflow="reject"``: the model counts tokens before truncation, so that the dataplane can
+    refuse texts longer than ``max_length``."""
     config = embed_config(bundle)
     backend = OnnxBackend(bundle.artifact_path, threads=threads)
     tokenizer = TextTokenizer(bundle.tokenizer_path, max_length=config.max_length)
-    model = EmbedModel(OnnxEmbedder(backend, tokenizer))
+    model = EmbedModel(OnnxEmbedder(backend, tokenizer), _untruncated(bundle, text_overflow))
     out = model.embed([WARMUP_TEXT])
     if out.shape != (1, config.dimension):
         raise BundleError(
@@ -96,9 +142,16 @@ def load_embed_model(bundle: Bundle, threads: int = 0) -> tuple[ModelInfo, Embed
 class ClassifyModel:
     """An exported classifier (logits out) whose rows the dataplane sees as softmax ``scores``."""
 
-    def __init__(self, runner: OnnxEmbedder, labels: Sequence[str]) -> None:
+    def __init__(
+        self, runner: OnnxEmbedder, labels: Sequence[str], untruncated: UntruncatedCounter | None = None
+    ) -> None:
         self.runner = runner
         self.labels = tuple(labels)
+        self._untruncated = untruncated
+
+    @property
+    def counts_untruncated(self) -> bool:
+        return self._untruncated is not None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities ``[n, classes]`` (float32); column ``k`` is ``labels[k]``."""
@@ -109,8 +162,10 @@ class ClassifyModel:
         return top_labels(self.labels, scores), scores
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        mask = self.runner.tokenizer.encode(texts)["attention_mask"]
-        return [int(n) for n in mask.sum(axis=1)]
+        """Like :meth:`EmbedModel.count_tokens`."""
+        if self._untruncated is not None:
+            return self._untruncated(texts)
+        return _truncated_counts(self.runner.tokenizer, texts)
 
 
 def top_labels(labels: Sequence[str], scores: np.ndarray) -> list[str]:
@@ -125,12 +180,16 @@ def classify_config(bundle: Bundle) -> ClassifyConfig:
         raise BundleError(f"bundle {bundle.root} has an invalid classify task_config: {exc}") from exc
 
 
-def load_classify_model(bundle: Bundle, threads: int = 0) -> tuple[ModelInfo, ClassifyModel]:
+def load_classify_model(
+    bundle: Bundle, threads: int = 0, text_overflow: str = "truncate"
+) -> tuple[ModelInfo, ClassifyModel]:
     """Open a classify bundle, run one warm-up text and check it returns one score per class."""
     config = classify_config(bundle)
     backend = OnnxBackend(bundle.artifact_path, threads=threads)
     tokenizer = TextTokenizer(bundle.tokenizer_path, max_length=config.max_length)
-    model = ClassifyModel(OnnxEmbedder(backend, tokenizer), config.labels)
+    model = ClassifyModel(
+        OnnxEmbedder(backend, tokenizer), config.labels, _untruncated(bundle, text_overflow)
+    )
     n = len(config.labels)
     out = model.embed([WARMUP_TEXT])
     if out.shape != (1, n):
@@ -156,11 +215,13 @@ def load_classify_model(bundle: Bundle, threads: int = 0) -> tuple[ModelInfo, Cl
     return info, model
 
 
-def load_model(bundle: Bundle, threads: int = 0) -> tuple[ModelInfo, TextModel]:
-    """Load a bundle of any task kiln serves."""
+def load_model(
+    bundle: Bundle, threads: int = 0, text_overflow: str = "truncate"
+) -> tuple[ModelInfo, TextModel]:
+    """Load a bundle of any task kiln serves (``text_overflow``: see :func:`load_embed_model`)."""
     if bundle.manifest.task == CLASSIFY:
-        return load_classify_model(bundle, threads)
-    return load_embed_model(bundle, threads)
+        return load_classify_model(bundle, threads, text_overflow)
+    return load_embed_model(bundle, threads, text_overflow)
 
 
 def output_arrays(info: ModelInfo, rows: np.ndarray) -> dict[str, np.ndarray]:

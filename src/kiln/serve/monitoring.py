@@ -3,13 +3,14 @@
 ``RequestLogMiddleware`` (pure ASGI, outside the error boundary so it sees the final status) opens a
 capture for the request (``kiln.monitor.capture``), lets the dataplane fill it in, and after the response
 hands one ``RequestEvent`` to the ``RequestLog`` queue: time, model and version, route template, status,
-latency, key id (``request.state.key_id``, set by the auth middleware; never the key), request id (set by
+latency, key id (set by the auth middleware; never the key), request id (set by
 the access-log middleware, echoed in ``X-Request-ID``), inputs and tokens,
 and, for a sampled request, its texts and outputs. Recording never fails nor delays a request: the
 writer thread does the hashing and the I/O.
 
 Logged: every request that ran an inference, and every request to an inference route (``LOGGED_ROUTES``)
 whatever its outcome (400, 404, 413, 429 ...). Health probes, metadata and /metrics are not logged.
+gRPC ModelInfer calls are logged the same way by ``kiln.serve.grpc.calls`` (:func:`request_event`).
 
 ``GET /v2/monitor/stats``: the log's counters as JSON (committed, dropped by reason, queued ...), or
 ``{"enabled": false}`` when the server keeps no log.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +32,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln.monitor.capture import Capture, close_capture, open_capture
-from kiln.serve.access_log import REQUEST_ID_KEY
-from kiln.serve.metrics import CLIENT_CLOSED, MODEL_KEY, route_template
+from kiln.serve.access_log import KEY_ID_KEY, REQUEST_ID_KEY, template_of
+from kiln.serve.metrics import CLIENT_CLOSED, MODEL_KEY
 
 if TYPE_CHECKING:
     from kiln.monitor.requestlog import RequestEvent, RequestLog
@@ -45,13 +46,55 @@ LOGGED_ROUTES = frozenset(
         "/v2/models/{model_name}/infer",
         "/v2/models/{model_name}/versions/{model_version}/infer",
         "/v1/embeddings",
+        "/v1/classify",
     }
 )
 
 
-def _key_id(state: dict[str, Any]) -> str | None:
-    key_id = state.get("key_id")
-    return None if key_id is None else str(key_id)
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def request_event(
+    capture: Capture,
+    *,
+    ts: datetime,
+    route: str,
+    status: int,
+    latency_ms: float,
+    model: str | None,
+    version: str | None,
+    key_id: str | None,
+    request_id: str | None,
+) -> RequestEvent:
+    """The request log's event for one request (any protocol) from what its capture noted; inputs and
+    outputs only when it was sampled and ran an inference."""
+    from kiln.monitor.requestlog import RequestEvent  # here, not at import: SQLAlchemy only when logging
+
+    sampled = capture.sampled and bool(capture.texts)
+    embeddings = None
+    if sampled and capture.embeddings:
+        embeddings = (
+            capture.embeddings[0] if len(capture.embeddings) == 1 else np.concatenate(capture.embeddings)
+        )
+    return RequestEvent(
+        ts=ts,
+        route=route,
+        status=status,
+        latency_ms=latency_ms,
+        model=capture.model or model,
+        version=capture.version or version,
+        key_id=key_id,
+        request_id=request_id,
+        n_inputs=capture.n_inputs,
+        n_tokens=capture.n_tokens,
+        sampled=sampled,
+        texts=capture.texts if sampled else (),
+        tokens=capture.tokens if sampled else (),
+        embeddings=embeddings,
+        labels=capture.labels if sampled else (),
+        scores=capture.scores if sampled else (),
+    )
 
 
 class RequestLogMiddleware:
@@ -63,14 +106,14 @@ class RequestLogMiddleware:
         request_log: RequestLog,
         sample: float,
         draw: Callable[[], float] = random.random,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
-        from kiln.monitor.requestlog import RequestEvent  # here, not at import: SQLAlchemy only when logging
-
+        """``routes`` (the app's) name the route of requests refused before routing (auth: 401, 403, 429)."""
         self.app = app
         self.request_log = request_log
         self.sample = sample
         self.draw = draw
-        self._event = RequestEvent
+        self.routes = tuple(routes)
         self._failures = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,36 +153,21 @@ class RequestLogMiddleware:
         self, scope: Scope, capture: Capture, status: int, ts: datetime, latency_ms: float
     ) -> RequestEvent | None:
         """The event to log for this request, or ``None`` when the request is not an inference."""
-        route = route_template(scope)
+        route = template_of(scope, self.routes)
         if capture.model is None and route not in LOGGED_ROUTES:
             return None
         state: dict[str, Any] = scope.get("state") or {}
-        model = capture.model or state.get(MODEL_KEY) or None
         path_params: dict[str, Any] = scope.get("path_params") or {}
-        version = capture.version or path_params.get("model_version")
-        sampled = capture.sampled and bool(capture.texts)
-        embeddings = None
-        if sampled and capture.embeddings:
-            embeddings = (
-                capture.embeddings[0] if len(capture.embeddings) == 1 else np.concatenate(capture.embeddings)
-            )
-        return self._event(
+        return request_event(
+            capture,
             ts=ts,
             route=route,
             status=status,
             latency_ms=latency_ms,
-            model=None if model is None else str(model),
-            version=None if version is None else str(version),
-            key_id=_key_id(state),
-            request_id=None if state.get(REQUEST_ID_KEY) is None else str(state[REQUEST_ID_KEY]),
-            n_inputs=capture.n_inputs,
-            n_tokens=capture.n_tokens,
-            sampled=sampled,
-            texts=capture.texts if sampled else (),
-            tokens=capture.tokens if sampled else (),
-            embeddings=embeddings,
-            labels=capture.labels if sampled else (),
-            scores=capture.scores if sampled else (),
+            model=_str_or_none(state.get(MODEL_KEY) or None),
+            version=_str_or_none(path_params.get("model_version")),
+            key_id=_str_or_none(state.get(KEY_ID_KEY)),
+            request_id=_str_or_none(state.get(REQUEST_ID_KEY)),
         )
 
 

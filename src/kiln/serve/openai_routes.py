@@ -129,5 +129,6 @@ class OpenAIAdapter:
             result = await self.dataplane.ainfer(info.name, texts, with_tokens=True)
         except RequestError as exc:
             raise ParamError(exc, "input") from None
+        set_model_label(request, info.name, result.version)
         tokens = result.prompt_tokens or 0
         return JSONResponse(embeddings_response(info.name, result.embeddings, req.encoding_format, tokens))

@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import signal
 import socket
 import ssl
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,8 @@ from kiln.settings import Settings
 
 if TYPE_CHECKING:
     import grpc.aio
+
+    from kiln.serve.grpc.calls import CallObserver
 
 log = logging.getLogger("kiln.serve")
 STARTUP_FAILURE = 3  # uvicorn's exit status when it cannot start
@@ -94,10 +98,12 @@ class Servers(uvicorn.Server):
         max_message_bytes: int = Settings.max_request_bytes,
         guard: Guard | None = None,
         tls: TlsFiles | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         super().__init__(config)
         self.dataplane = dataplane
         self.guard = guard
+        self.observer = observer
         self.tls = tls
         self.grpc_port = grpc_port
         self.grpc_bound: int | None = None
@@ -116,7 +122,7 @@ class Servers(uvicorn.Server):
     async def _start_grpc(self, port: int) -> None:
         from kiln.serve.grpc.service import address, bind, create_grpc_server, tls_credentials
 
-        server = create_grpc_server(self.dataplane, self.max_message_bytes, self.guard)
+        server = create_grpc_server(self.dataplane, self.max_message_bytes, self.guard, self.observer)
         credentials = tls_credentials(*self.tls) if self.tls is not None else None
         try:
             self.grpc_bound = bind(server, self.config.host, port, credentials)
@@ -139,6 +145,20 @@ class Servers(uvicorn.Server):
         server, self._grpc = self._grpc, None
         if server is not None:
             await server.stop(grace)
+
+
+def reload_keys_on_sighup(guard: Guard) -> bool:
+    """``kill -HUP <pid>`` reloads the API keys file (in a thread: the event loop never waits for it).
+    False where there is no SIGHUP (Windows) or this is not the main thread."""
+    sighup = getattr(signal, "SIGHUP", None)
+    if sighup is None or threading.current_thread() is not threading.main_thread():
+        return False
+
+    def on_sighup(signum: int, frame: object) -> None:
+        threading.Thread(target=guard.reload, name="kiln-keys-reload", daemon=True).start()
+
+    signal.signal(sighup, on_sighup)
+    return True
 
 
 def run_server(
@@ -186,6 +206,10 @@ def run_server(
     if guard is not None:
         keys = len(guard.store.keys)
         log.info("  API keys: %d from %s (every route but health needs one)", keys, settings.api_keys)
+        every = settings.api_keys_reload_s
+        checked = f"when it changes (checked every {every:g} s) and on SIGHUP" if every > 0 else "on SIGHUP"
+        log.info("            reloaded %s", checked)
+        reload_keys_on_sighup(guard)
     if app.state.request_log is not None:
         stats = app.state.request_log.stats()
         texts = "kept" if stats["keep_text"] else "sha256 + length only"
@@ -211,7 +235,15 @@ def run_server(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         **_uvicorn_options(settings, tls),
     )
-    server = Servers(config, app.state.dataplane, grpc_port, settings.max_request_bytes, guard, tls)
+    from kiln.serve.grpc.calls import CallObserver
+
+    observer = CallObserver(
+        metrics=app.state.metrics,
+        request_log=app.state.request_log,
+        sample=settings.monitor_sample,
+        access_log_enabled=settings.access_log,
+    )
+    server = Servers(config, app.state.dataplane, grpc_port, settings.max_request_bytes, guard, tls, observer)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     if not server.started:

@@ -95,7 +95,7 @@ class V2Adapter:
         version = request.path_params.get("model_version")
         find = self.dataplane.route if routed else self.dataplane.resolve
         info = find(request.path_params["model_name"], version)
-        set_model_label(request, info.name)
+        set_model_label(request, info.name, info.version)
         authorize_model(request, info.name)  # the API key's model scope (no-op without keys)
         return info, info.version
 

@@ -353,3 +353,35 @@ def test_one_batcher_answers_requests_from_several_event_loops() -> None:
     assert runner.calls[0] == ["gate"] and sorted(runner.calls[1]) == ["one two", "x", "y z"]
     np.testing.assert_array_equal(results["second"].embeddings[:, 0], [2])
     np.testing.assert_array_equal(results["third"].embeddings[:, 0], [1, 2])
+
+
+def test_max_tokens_refuses_only_the_request_with_an_over_long_text() -> None:
+    from kiln.errors import InvalidInputError
+
+    runner = GatedRunner()
+    depths: list[int] = []
+    batcher = TextBatcher("m", runner, tokens, BatchConfig(), on_queue=depths.append, max_tokens=5)
+    errors: list[BaseException] = []
+
+    async def long_request() -> None:
+        try:
+            await batcher.submit(["fine", words(4)])  # 4 words: 6 tokens, over 5
+        except InvalidInputError as exc:
+            errors.append(exc)
+
+    async def steps(queue: Queue) -> None:
+        await queue("ok", ["two words"], 1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(long_request)
+            await until(lambda: batcher.depth == 3)
+            runner.release.set()  # both requests are admitted together; only the long one is refused
+
+    results = run_held(batcher, runner, steps, first=("first", ["gate"]))
+    batcher.stop()
+    assert [str(e) for e in errors] == [
+        "text 1 has 6 tokens; model 'm' reads at most 5 "
+        "(shorten it, or serve with --text-overflow truncate to cut it to the model's length)"
+    ]
+    assert runner.calls == [["gate"], ["two words"]]  # the refused request never ran, the other did
+    np.testing.assert_array_equal(results["ok"].embeddings[:, 0], [2])
+    assert depths[-1] == 0

@@ -41,7 +41,7 @@ def fake_info(
 
 @pytest.fixture
 def plane() -> tuple[DataPlane, FakeModel, list[tuple[str, int, float]]]:
-    seen: list[tuple[str, int, float]] = []
+    seen: list[tuple[str, str, int, float]] = []
     dp = DataPlane(Limits(max_batch_items=3, max_text_chars=10), observer=lambda *a: seen.append(a))
     model = FakeModel()
     dp.add(fake_info(), model)
@@ -112,8 +112,8 @@ def test_infer_returns_float32_in_order_and_observes(plane) -> None:
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out[:, 0], [1, 3, 10])
     np.testing.assert_array_equal(out[:, 1], [0, 1, 2])
-    assert [(m, n) for m, n, _ in seen] == [("fake", 3)]
-    assert seen[0][2] >= 0
+    assert [(m, v, n) for m, v, n, _ in seen] == [("fake", "1", 3)]
+    assert seen[0][3] >= 0
 
 
 def test_ainfer_runs_in_a_worker_thread_and_counts_tokens(plane) -> None:

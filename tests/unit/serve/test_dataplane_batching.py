@@ -34,7 +34,7 @@ def tiny_plane(bundle: Path, **knobs: int | float) -> tuple[DataPlane, Held, lis
     batches: list[tuple[str, int]] = []
     dp = DataPlane(
         batching=BatchConfig(**knobs),  # type: ignore[arg-type]
-        observer=lambda name, n, _s: batches.append((name, n)),
+        observer=lambda name, _v, n, _s: batches.append((name, n)),
     )
     info, model = load_embed_model(load_bundle(bundle))
     held = Held(model)
@@ -122,7 +122,7 @@ def info(name: str) -> ModelInfo:
 
 def test_models_never_compute_at_the_same_time() -> None:
     depths: list[tuple[str, int]] = []
-    dp = DataPlane(queue_observer=lambda name, depth: depths.append((name, depth)))
+    dp = DataPlane(queue_observer=lambda name, _v, depth: depths.append((name, depth)))
     dp.add(info("a"), Recording())
     dp.add(info("b"), Recording())
     dp.start()

@@ -163,9 +163,9 @@ def test_aliases_follow_the_loaded_versions() -> None:
         dp.resolve("old-name")
 
 
-def test_queue_depth_sums_every_version() -> None:
-    seen: list[tuple[str, int]] = []
-    dp = DataPlane(queue_observer=lambda name, depth: seen.append((name, depth)))
+def test_queue_depth_is_observed_per_version_and_summed_per_model() -> None:
+    seen: list[tuple[str, str, int]] = []
+    dp = DataPlane(queue_observer=lambda name, version, depth: seen.append((name, version, depth)))
     dp.add(info("1"), Constant(1.0))
     dp.add(info("2"), Constant(2.0))
     assert dp.queue_depth("m") == 0
@@ -174,6 +174,8 @@ def test_queue_depth_sums_every_version() -> None:
         await dp.ainfer("m", ["a", "b"], version="1")
 
     anyio.run(main)
-    assert seen and {name for name, _ in seen} == {"m"} and seen[-1] == ("m", 0)
-    assert max(depth for _, depth in seen) == 2
+    assert seen and {(name, version) for name, version, _ in seen} == {("m", "1")}
+    assert seen[-1] == ("m", "1", 0)
+    assert max(depth for _, _, depth in seen) == 2
+    assert dp.queue_depth("m") == 0
     dp.stop()

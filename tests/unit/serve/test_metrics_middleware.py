@@ -34,19 +34,27 @@ def samples(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], fl
 
 def test_each_metrics_object_has_its_own_registry() -> None:
     a, b = Metrics(), Metrics()  # the same names twice would raise on a shared registry
-    a.observe_inference("m", 5, 0.01)
+    a.observe_inference("m", "2", 5, 0.01)
     assert a.registry is not b.registry and a.registry is not REGISTRY
-    assert samples(a, "kiln_inference_items_total") == {(("model", "m"),): 5.0}
+    assert samples(a, "kiln_inference_items_total") == {(("model", "m"), ("version", "2")): 5.0}
     assert samples(b, "kiln_inference_items_total") == {}
 
 
 def test_observe_request_counts_and_times() -> None:
     m = Metrics()
-    m.observe_request("POST", "/v2/models/{model_name}/infer", "m", 200, 0.003)
-    m.observe_request("POST", "/v2/models/{model_name}/infer", "m", 200, 0.004)
-    key = (("method", "POST"), ("model", "m"), ("route", "/v2/models/{model_name}/infer"), ("status", "200"))
-    assert samples(m, "kiln_http_requests_total") == {key: 2.0}
-    assert samples(m, "kiln_http_request_duration_seconds_count") == {key: 2.0}
+    m.observe_request("POST", "/v2/models/{model_name}/infer", "m", "1", 200, 0.003)
+    m.observe_request("POST", "/v2/models/{model_name}/infer", "m", "1", 200, 0.004)
+    m.observe_request("POST", "/v2/models/{model_name}/infer", "m", "2", 200, 0.005)
+    key = (
+        ("method", "POST"),
+        ("model", "m"),
+        ("route", "/v2/models/{model_name}/infer"),
+        ("status", "200"),
+        ("version", "1"),
+    )
+    other = (*key[:4], ("version", "2"))
+    assert samples(m, "kiln_http_requests_total") == {key: 2.0, other: 1.0}
+    assert samples(m, "kiln_http_request_duration_seconds_count") == {key: 2.0, other: 1.0}
     assert abs(samples(m, "kiln_http_request_duration_seconds_sum")[key] - 0.007) < 1e-9
 
 
@@ -63,7 +71,7 @@ def test_route_template_falls_back_to_matching_the_router() -> None:
 
 
 async def item(request: Request) -> Response:
-    set_model_label(request, "m")
+    set_model_label(request, "m", "3")
     if request.path_params["item_id"] == "boom":
         raise RuntimeError("boom")
     return PlainTextResponse("ok", status_code=201)
@@ -85,11 +93,12 @@ def test_middleware_labels_by_template_model_and_status() -> None:
 
     anyio.run(main)
     counts = samples(metrics, "kiln_http_requests_total")
+    V3, NO_V = ("version", "3"), ("version", "")  # noqa: N806
     assert counts == {
-        (("method", "GET"), ("model", "m"), ("route", "/items/{item_id}"), ("status", "201")): 2.0,
-        (("method", "GET"), ("model", ""), ("route", UNMATCHED), ("status", "404")): 1.0,
-        (("method", "GET"), ("model", "m"), ("route", "/items/{item_id}"), ("status", "500")): 1.0,
-        (("method", "other"), ("model", ""), ("route", "/items/{item_id}"), ("status", "405")): 1.0,
+        (("method", "GET"), ("model", "m"), ("route", "/items/{item_id}"), ("status", "201"), V3): 2.0,
+        (("method", "GET"), ("model", ""), ("route", UNMATCHED), ("status", "404"), NO_V): 1.0,
+        (("method", "GET"), ("model", "m"), ("route", "/items/{item_id}"), ("status", "500"), V3): 1.0,
+        (("method", "other"), ("model", ""), ("route", "/items/{item_id}"), ("status", "405"), NO_V): 1.0,
     }
 
 
@@ -114,6 +123,6 @@ def test_unanswered_requests_count_as_client_closed_and_crashes_as_500() -> None
         anyio.run(MetricsMiddleware(crash, metrics), scope, receive, send)
     key = (("method", "POST"), ("model", ""), ("route", UNMATCHED))
     assert samples(metrics, "kiln_http_requests_total") == {
-        (*key, ("status", str(CLIENT_CLOSED))): 1.0,
-        (*key, ("status", "500")): 1.0,
+        (*key, ("status", str(CLIENT_CLOSED)), ("version", "")): 1.0,
+        (*key, ("status", "500"), ("version", "")): 1.0,
     }

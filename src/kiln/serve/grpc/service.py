@@ -12,10 +12,14 @@ AuthError               UNAUTHENTICATED     (no API key in the metadata, or an u
 ForbiddenError          PERMISSION_DENIED   (the key's scopes do not cover the method or model)
 other RequestError      INVALID_ARGUMENT
 anything else           INTERNAL, generic message; the traceback goes to the server log only
+
+Every call gets a request id (trailing metadata ``x-request-id``), an access-log line, Prometheus metrics
+and, for ModelInfer with a request log kept, a request-log row: see ``calls.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -40,6 +44,7 @@ from kiln.serve.dataplane import DataPlane
 from kiln.serve.grpc import codec
 from kiln.serve.grpc import grpc_predict_v2_pb2 as pb
 from kiln.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from kiln.serve.grpc.calls import CallObserver, note_key, note_model
 from kiln.serve.keys import ADMIN_ROUTES
 from kiln.serve.models import output_arrays
 
@@ -49,6 +54,7 @@ SERVER_NAME = "kiln"
 EXTENSIONS: tuple[str, ...] = ()
 """gRPC extensions served (``binary_tensor_data`` is REST's; raw contents are core gRPC)."""
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
+REQUEST_ID_METADATA = "x-request-id"
 GRACE_SECONDS = 10.0
 
 _Request = TypeVar("_Request")
@@ -76,19 +82,32 @@ def _mapped_errors(handler: _Handler[_Request, _Response]) -> _Handler[_Request,
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: _Request, context: grpc.aio.ServicerContext) -> _Response:
+        observer: CallObserver = self.observer
+        call = observer.begin(handler.__name__, context.invocation_metadata(), request)
+        trailing: list[tuple[str, str]] = [(REQUEST_ID_METADATA, call.request_id)]
+        failure: BaseException | None = None
         try:
             await self.authorize(handler.__name__, request, context)
-            return await handler(self, request, context)
+            response = await handler(self, request, context)
+            context.set_trailing_metadata(tuple(trailing))
+            return response
         except grpc.aio.AbortError:
             raise
+        except asyncio.CancelledError as exc:  # the client cancelled or went away
+            failure = exc
+            raise
         except Exception as exc:
+            failure = exc
             code, message = status_for(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.error("gRPC %s failed", handler.__name__, exc_info=exc)
             if isinstance(exc, (OverloadedError, RateLimitedError)):
-                context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
+                trailing.append(("retry-after", str(exc.retry_after)))
+            context.set_trailing_metadata(tuple(trailing))
             await context.abort(code, message)
             raise AssertionError("unreachable: context.abort raises") from None
+        finally:
+            observer.end(call, failure)
 
     return wrapper
 
@@ -96,9 +115,12 @@ def _mapped_errors(handler: _Handler[_Request, _Response]) -> _Handler[_Request,
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """The six RPCs of the Open Inference Protocol's gRPC API, over one dataplane."""
 
-    def __init__(self, dataplane: DataPlane, guard: Guard | None = None) -> None:
+    def __init__(
+        self, dataplane: DataPlane, guard: Guard | None = None, observer: CallObserver | None = None
+    ) -> None:
         self.dataplane = dataplane
         self.guard = guard
+        self.observer = observer or CallObserver()
 
     async def authorize(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         """With API keys configured: the metadata's key must cover ``method`` (and its model), within rate."""
@@ -106,6 +128,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if self.guard is None or group is None:
             return
         key = await self.guard.authenticate(key_from_metadata(context.invocation_metadata()))
+        note_key(key.id)
         self.guard.authorize_route(key, group)
         self.guard.admit(key)
         name = getattr(request, "model_name", None) or getattr(request, "name", None)
@@ -129,6 +152,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
         info = self.dataplane.resolve(request.name, request.version or None)
+        note_model(info.name, info.version)
         return pb.ModelReadyResponse(ready=self.dataplane.is_ready(info.name, request.version or None))
 
     @_mapped_errors
@@ -141,13 +165,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        return codec.model_metadata(self.dataplane.resolve(request.name, request.version or None))
+        info = self.dataplane.resolve(request.name, request.version or None)
+        note_model(info.name, info.version)
+        return codec.model_metadata(info)
 
     @_mapped_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         info = self.dataplane.route(request.model_name, request.model_version or None)
+        note_model(info.name, info.version)
         parsed = codec.parse_infer_request(request, info)
         result = await self.dataplane.ainfer(info.name, parsed.texts, version=info.version)
         arrays = output_arrays(info, result.embeddings)
@@ -162,9 +189,13 @@ def address(host: str, port: int) -> str:
 
 
 def create_grpc_server(
-    dataplane: DataPlane, max_message_bytes: int, guard: Guard | None = None
+    dataplane: DataPlane,
+    max_message_bytes: int,
+    guard: Guard | None = None,
+    observer: CallObserver | None = None,
 ) -> grpc.aio.Server:
-    """A ``grpc.aio`` server (not yet bound or started) serving ``dataplane`` (API keys: ``guard``).
+    """A ``grpc.aio`` server (not yet bound or started) serving ``dataplane`` (API keys: ``guard``;
+    access log, metrics and request log: ``observer``, default an access log only).
 
     Call it with an event loop running. A request message over ``max_message_bytes`` is refused by gRPC
     with RESOURCE_EXHAUSTED before it reaches kiln.
@@ -175,7 +206,7 @@ def create_grpc_server(
             ("grpc.so_reuseport", 0),  # a port already in use is an error, never silently shared
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(dataplane, guard), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(dataplane, guard, observer), server)
     return server
 
 
