@@ -20,6 +20,8 @@ rows whose labels arrived, the realised accuracy.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -44,6 +46,7 @@ Correction = Literal["holm", "bh"]
 VERDICT_STATISTICS = {"numeric": ("ks", "wasserstein"), "categorical": ("chi2",)}
 EFFECT_STATISTICS = ("psi", "js")
 _NORMAL = NormalDist()
+DEFAULT_CACHED_SIZES = 16
 
 
 @dataclass
@@ -188,7 +191,13 @@ def domain_classifier_auc(
 
 
 class Detector:
-    """Drift tests against one profile; null distributions are cached per (test, window size)."""
+    """Drift tests against one profile; null distributions are cached per (test, window size).
+
+    The cache keeps the ``cached_sizes`` window sizes used most recently (a long-running server sees a
+    new size in almost every window: an unbounded cache grew by about a megabyte per size). An evicted
+    size is simulated again when it comes back, from the same seeds, so its thresholds are identical.
+    One detector may be shared by threads.
+    """
 
     def __init__(
         self,
@@ -197,17 +206,47 @@ class Detector:
         correction: Correction = "holm",
         rounds: int = DEFAULT_ROUNDS,
         seed: int = 0,
+        cached_sizes: int = DEFAULT_CACHED_SIZES,
     ) -> None:
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+        if cached_sizes < 1:
+            raise ValueError(f"cached_sizes must be at least 1, got {cached_sizes}")
         self.profile, self.alpha, self.correction = profile, alpha, correction
-        self.rounds, self.seed = rounds, seed
-        self._nulls: dict[tuple[str, int], dict[str, NullDistribution]] = {}
+        self.rounds, self.seed, self.cached_sizes = rounds, seed, cached_sizes
+        # window size -> test key -> statistic -> null, least recently used size first
+        self._nulls: OrderedDict[int, dict[str, dict[str, NullDistribution]]] = OrderedDict()
+        self._lock = threading.Lock()
         self._fourier: FourierFeatures | None = None
         self._ref_sample: np.ndarray | None = None
 
+    @property
+    def cached_window_sizes(self) -> list[int]:
+        """Window sizes whose null distributions are cached, least recently used first."""
+        with self._lock:
+            return list(self._nulls)
+
+    def _cached(self, key: str, n: int) -> dict[str, NullDistribution] | None:
+        with self._lock:
+            by_key = self._nulls.get(n)
+            if by_key is None:
+                return None
+            self._nulls.move_to_end(n)
+            return by_key.get(key)
+
+    def _store(self, key: str, n: int, nulls: dict[str, NullDistribution]) -> None:
+        with self._lock:
+            by_key = self._nulls.get(n)
+            if by_key is None:
+                by_key = self._nulls[n] = {}
+                while len(self._nulls) > self.cached_sizes:
+                    self._nulls.popitem(last=False)
+            else:
+                self._nulls.move_to_end(n)
+            by_key[key] = nulls
+
     def _null(self, key: str, hist: HistogramProfile, n: int) -> dict[str, NullDistribution]:
-        cached = self._nulls.get((key, n))
+        cached = self._cached(key, n)
         if cached is None:
             stats = VERDICT_STATISTICS[hist.kind] + EFFECT_STATISTICS
             # a different stream per test and size, reproducible from the detector's seed
@@ -215,7 +254,7 @@ class Detector:
             cached = null_histogram(
                 hist, n, stats, self.rounds, np.random.SeedSequence(seed).generate_state(1)[0]
             )
-            self._nulls[(key, n)] = cached
+            self._store(key, n, cached)
         return cached
 
     @property
@@ -242,10 +281,11 @@ class Detector:
         return out
 
     def _mmd_null(self, n: int) -> NullDistribution:
-        key = ("embedding:mmd", n)
-        if key not in self._nulls:
-            self._nulls[key] = {"mmd": self.fourier.null(n, self.rounds, seed=self.seed + n)}
-        return self._nulls[key]["mmd"]
+        cached = self._cached("embedding:mmd", n)
+        if cached is None:
+            cached = {"mmd": self.fourier.null(n, self.rounds, seed=self.seed + n)}
+            self._store("embedding:mmd", n, cached)
+        return cached["mmd"]
 
     def _histogram_tests(
         self,
@@ -253,6 +293,7 @@ class Detector:
         name: str,
         hist: HistogramProfile,
         values: np.ndarray,
+        used: dict[str, NullDistribution],
     ) -> list[DriftTest]:
         counts = hist.bin(values)
         n = int(counts.sum())
@@ -285,9 +326,10 @@ class Detector:
                     detail=detail,
                 )
             )
+            used[tests[-1].id] = null
         return tests
 
-    def _embedding_tests(self, embeddings: np.ndarray) -> list[DriftTest]:
+    def _embedding_tests(self, embeddings: np.ndarray, used: dict[str, NullDistribution]) -> list[DriftTest]:
         profile = self.profile.embeddings
         assert profile is not None
         emb = np.asarray(embeddings, dtype=np.float16).astype(np.float32)  # same precision as the sample
@@ -297,6 +339,7 @@ class Detector:
             )
         n = emb.shape[0]
         null = self._mmd_null(n)
+        used["embedding:embedding:mmd"] = null
         mmd2 = self.fourier.mmd2(emb)
         if self._ref_sample is None:
             self._ref_sample = profile.sample_array()
@@ -335,33 +378,36 @@ class Detector:
             )
         profile = self.profile
         tests: list[DriftTest] = []
+        used: dict[str, NullDistribution] = {}  # test id -> its null (the cache may evict meanwhile)
         feats = window.features
         if feats is None and window.texts is not None:
             feats = text_features(list(window.texts), window.token_counts, profile.vocabulary or None)
         for name, hist in profile.features.items():
             if feats is not None and name in feats:
-                tests += self._histogram_tests("input", name, hist, feats[name])
+                tests += self._histogram_tests("input", name, hist, feats[name], used)
         if window.embeddings is not None and profile.embeddings is not None:
-            tests += self._embedding_tests(window.embeddings)
+            tests += self._embedding_tests(window.embeddings, used)
         estimate = realised = None
         labels = None if window.labels is None else np.asarray(window.labels, dtype=np.int64)
         known = labels >= 0 if labels is not None else None
         if window.scores is not None and profile.outputs is not None:
             predicted, confidence = top_class(window.scores)
-            tests += self._histogram_tests("output", "predicted", profile.outputs.predicted, predicted)
-            tests += self._histogram_tests("output", "confidence", profile.outputs.confidence, confidence)
+            outputs = profile.outputs
+            tests += self._histogram_tests("output", "predicted", outputs.predicted, predicted, used)
+            tests += self._histogram_tests("output", "confidence", outputs.confidence, confidence, used)
             if profile.outputs.calibrator is not None:
                 estimate = estimate_accuracy(profile.outputs.calibrator, confidence)
             if labels is not None and known is not None and known.any():
                 realised = realised_accuracy(predicted[known], labels[known])
         if labels is not None and known is not None and known.any() and profile.labels is not None:
-            tests += self._histogram_tests("labels", "labels", profile.labels, labels[known])
-        return self._judge(n, tests, estimate, realised)
+            tests += self._histogram_tests("labels", "labels", profile.labels, labels[known], used)
+        return self._judge(n, tests, used, estimate, realised)
 
     def _judge(
         self,
         n: int,
         tests: list[DriftTest],
+        nulls: dict[str, NullDistribution],
         estimate: AccuracyEstimate | None,
         realised: AccuracyEstimate | None,
     ) -> DriftReport:
@@ -370,15 +416,13 @@ class Detector:
             p = np.asarray([t.p_value for t in family])
             adjusted = holm(p) if self.correction == "holm" else benjamini_hochberg(p)
             levels = _levels(p, self.alpha, self.correction)
-            nulls = self._nulls
             for t, adj, level in zip(family, adjusted, levels, strict=True):
                 t.p_adjusted = float(adj)
                 t.alarm = bool(adj <= self.alpha)
                 if t.method == "domain_auc":
                     t.threshold = 0.5 + _NORMAL.inv_cdf(1 - level) * float(t.detail["null_sd"])
                 else:
-                    key = ("embedding:mmd", t.n) if t.method == "mmd" else (f"{t.group}:{t.name}", t.n)
-                    t.threshold = nulls[key][t.method].threshold(float(level))
+                    t.threshold = nulls[t.id].threshold(float(level))
         for t in tests:
             if not t.counts_toward_verdict:
                 t.alarm = t.p_value <= self.alpha

@@ -157,3 +157,37 @@ def test_domain_classifier_null_and_shift() -> None:
     assert 0.02 < np.mean(np.asarray(p_null) < 0.1) < 0.18
     auc, p, _ = domain_classifier_auc(rng.normal(size=(400, 5)), rng.normal(0.4, 1.0, size=(200, 5)))
     assert auc > 0.6 and p < 1e-3
+
+
+def test_null_cache_keeps_recent_sizes_and_recomputes_identically(
+    profile: ReferenceProfile, pool: WindowData
+) -> None:
+    # a server sees a new window size in almost every window: the cache must not grow without bound
+    detector = Detector(profile, rounds=200, cached_sizes=2)
+    windows = {n: _take(pool, np.arange(n)) for n in (60, 70, 80)}
+    first = detector.detect(windows[60])
+    partial = _take(pool, np.arange(70))
+    assert partial.labels is not None
+    partial.labels[:55] = -1  # the labels test runs on 15 rows: a second size within one window
+    detector.detect(partial)
+    assert detector.cached_window_sizes == [70, 15]
+    detector.detect(windows[80])
+    assert detector.cached_window_sizes == [15, 80]
+    again = detector.detect(windows[60])  # evicted, simulated again from the same seeds
+    assert detector.cached_window_sizes == [80, 60]
+    assert again.model_dump() == first.model_dump()
+    with pytest.raises(ValueError, match="cached_sizes"):
+        Detector(profile, cached_sizes=0)
+
+
+def test_one_detector_shared_by_threads(profile: ReferenceProfile, pool: WindowData) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    detector = Detector(profile, rounds=200, cached_sizes=2)
+    sizes = [40, 45, 50, 55] * 3
+    with ThreadPoolExecutor(4) as ex:
+        reports = list(ex.map(lambda n: detector.detect(_take(pool, np.arange(n))), sizes))
+    alone = Detector(profile, rounds=200)
+    expected = {n: alone.detect(_take(pool, np.arange(n))).model_dump() for n in set(sizes)}
+    assert all(r.model_dump() == expected[n] for n, r in zip(sizes, reports, strict=True))
+    assert len(detector.cached_window_sizes) <= 2
