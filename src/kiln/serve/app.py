@@ -28,6 +28,7 @@ from kiln.serve.metrics import Metrics, MetricsMiddleware
 from kiln.serve.models import load_model
 from kiln.serve.monitoring import RequestLogMiddleware, monitor_routes
 from kiln.serve.openai_routes import OpenAIAdapter
+from kiln.serve.openapi import openapi_routes
 from kiln.serve.repository import CanarySpec, ModelRepository
 from kiln.serve.v2_rest import V2Adapter
 from kiln.settings import Settings
@@ -97,6 +98,7 @@ def build_app(
         *monitor_routes(request_log),
         *dashboard_routes(monitor),
         *feedback_routes(request_log, dataplane, limit),
+        *openapi_routes(dataplane, repository is not None),
     ]
     logged = (
         [
