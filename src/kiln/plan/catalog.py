@@ -83,7 +83,10 @@ class Runtime(BaseModel):
     """What a runtime adds beside weights and activations. ``process_mib``: a CPU serving process before
     any weights (interpreter, libraries, thread pools); ``gpu_context_mib``: per GPU (CUDA context,
     library workspaces); ``load_copies``: weight copies resident at once while loading (CPU);
-    ``activation_slack``: allocator overhead on activations; ``call_overhead_ms``: fixed CPU time of one
+    ``activation_slack``: allocator overhead on activations where the allocator is an arena (GPU caching
+    allocators, ONNX Runtime); ``cpu_allocator``: ``glibc`` for CPU runtimes that allocate each tensor
+    with malloc (PyTorch), whose heap retention is then counted from first principles instead of the
+    slack (see :func:`kiln.plan.memory.glibc_retention`); ``call_overhead_ms``: fixed CPU time of one
     forward call beyond its FLOPs and bytes (Python, dispatch, thread wake-ups), added to CPU throughput
     estimates."""
 
@@ -94,6 +97,7 @@ class Runtime(BaseModel):
     gpu_context_mib: float = Field(ge=0)
     load_copies: float = Field(default=1.0, ge=1)
     activation_slack: float = Field(default=1.0, ge=1)
+    cpu_allocator: Literal["glibc", "arena"] = "arena"
     call_overhead_ms: float = Field(default=0.0, ge=0)
     source: str = ""
 

@@ -13,8 +13,26 @@ Parameters are counted exactly (convolutions without bias, BN gamma + beta, SE a
 running statistics are buffers, not parameters.
 
 Activation memory is the largest set of tensors alive at once in an eager (PyTorch) forward pass with
-explicit "same" padding: in a block, its input (kept for the residual), the expanded activation, its padded
-copy, and the depthwise output. It is an estimate and says so.
+explicit "same" padding, walked operator by operator (:meth:`ConvNetSpec.live_sets`). Per image, in
+elements, with ``X`` the input image (the caller holds it for the whole pass), ``I`` a block's input (held for
+the residual), ``M`` the expanded map, ``P`` its padded copy, ``D`` the depthwise output, ``O`` the block's
+output; BatchNorm and ReLU6 are not in place, so each holds its input and output at once:
+
+    expand 1x1 conv     X + I + M + conv(I -> M)
+    BN, ReLU6           X + I + 2M
+    pad                 X + I + M + P
+    depthwise conv      X + I + M + P + conv(P -> D)
+    BN, ReLU6           X + I + 2D
+    project 1x1 conv    X + I + D + conv(D -> O)
+    BN, residual add    X + I + 2O
+
+``conv(x -> y)`` is what one convolution allocates beyond its input. On CPU, PyTorch runs fp32 convolutions
+on NCHW tensors through oneDNN, whose kernels use a channel-blocked layout: it reorders the input into a
+blocked copy (skipped for inputs with fewer channels than one 8-lane block, like RGB), computes a blocked
+output, then copies that to a plain NCHW output while the blocked one is alive. So
+``conv(x -> y) = y_blocked + max(x_blocked, y_plain) = y + max(x, y)`` (``y + y`` for an RGB input). On GPU,
+cuDNN writes the plain output directly: ``conv(x -> y) = y``. The largest of these sums over the stem,
+every block and the head is the activation estimate; it is an estimate and says so.
 """
 
 from __future__ import annotations
@@ -35,6 +53,7 @@ _B0 = {
     "expand_ratios": [1, 6, 6, 6, 6, 6, 6],
 }
 STEM_CHANNELS = 32
+ONEDNN_BLOCK = 8  # fp32 channel block of oneDNN's AVX2 kernels (nChw8c)
 HEAD_CHANNELS = 1280
 
 
@@ -198,26 +217,79 @@ class ConvNetSpec(BaseModel):
         macs += self.blocks[-1].c_out * self.head * last * last + self.head * self.classes
         return 2 * macs
 
-    def activation_elements(self, image: int | None = None) -> tuple[int, str]:
-        """Largest live set of one image's forward pass, in elements, and how it was found."""
+    def live_sets(self, image: int | None = None, onednn: bool = True) -> list[tuple[str, int]]:
+        """(where, elements alive at once) of one image, operator by operator (see the module docstring).
+
+        ``onednn``: CPU convolutions (blocked reorder copies of input and output); False: GPU (cuDNN)."""
+        image = image or self.image_size
+
+        def conv(x: int, y: int, c_in: int) -> int:
+            if not onednn:
+                return y
+            x_blocked = x if c_in >= ONEDNN_BLOCK else 0
+            return y + max(x_blocked, y)
+
+        s0 = math.ceil(image / 2)
+        x_img = self.channels * image * image
+        pad0 = _same_pad(image, 3, 2)
+        padded0 = self.channels * (image + pad0) ** 2
+        stem = self.stem * s0 * s0
+        out = [
+            ("stem conv", x_img + padded0 + conv(padded0, stem, self.channels)),
+            ("stem BN/ReLU6", x_img + 2 * stem),
+        ]
+        for i, (blk, a, b) in enumerate(self._sizes(image)):
+            name = f"block {i} ({blk.c_in}->{blk.mid}->{blk.c_out}, {a}x{a})"
+            i_in = blk.c_in * a * a
+            m = blk.mid * a * a
+            padded = blk.mid * (a + _same_pad(a, blk.kernel, blk.stride)) ** 2
+            d = blk.mid * b * b
+            o = blk.c_out * b * b
+            held = x_img + i_in
+            if blk.expands:
+                out.append((f"{name} expand conv", held + m + conv(i_in, m, blk.c_in)))
+                out.append((f"{name} expand BN/ReLU6", held + 2 * m))
+                mid_held = held + m
+            else:
+                mid_held = held  # the block's input is the depthwise conv's input
+            out.append((f"{name} pad", mid_held + padded))
+            out.append((f"{name} depthwise conv", mid_held + padded + conv(padded, d, blk.mid)))
+            out.append((f"{name} depthwise BN/ReLU6", held + 2 * d))
+            out.append((f"{name} project conv", held + d + conv(d, o, blk.mid)))
+            out.append((f"{name} project BN/add", held + 2 * o))
+        last = self._sizes(image)[-1][2]
+        body = self.blocks[-1].c_out * last * last
+        head = self.head * last * last
+        out.append(("head conv", x_img + body + conv(body, head, self.blocks[-1].c_out)))
+        out.append(("head BN/ReLU6", x_img + 2 * head))
+        return out
+
+    def feature_maps(self, image: int | None = None) -> list[int]:
+        """Elements of every feature map one image's forward pass allocates (input, padded copies, stem,
+        and each block's input, expanded map, padded copy, depthwise output and output; the head)."""
         image = image or self.image_size
         s0 = math.ceil(image / 2)
-        inp = self.channels * image * image
-        # stem: the input's padded copy, the conv output and the BN output (the input is added below)
-        best = self.channels * (image + 1) ** 2 + 2 * self.stem * s0 * s0
-        where = "stem"
-        for i, (blk, a, b) in enumerate(self._sizes(image)):
-            pad = (blk.kernel - 1) if blk.stride == 1 else max(blk.kernel - blk.stride, 0)
-            act = blk.mid * a * a
-            padded = blk.mid * (a + pad) ** 2
-            live = act + padded + blk.mid * b * b
-            if blk.expands:
-                live += blk.c_in * a * a
-            if live > best:
-                best, where = live, f"block {i} ({blk.c_in}->{blk.mid}->{blk.c_out}, {a}x{a})"
-        head = self.blocks[-1].c_out
+        sizes = [
+            self.channels * image * image,
+            self.channels * (image + _same_pad(image, 3, 2)) ** 2,
+            self.stem * s0 * s0,
+        ]
+        for blk, a, b in self._sizes(image):
+            pad = _same_pad(a, blk.kernel, blk.stride)
+            sizes += [blk.c_in * a * a, blk.mid * a * a, blk.mid * (a + pad) ** 2, blk.mid * b * b]
+            sizes.append(blk.c_out * b * b)
         last = self._sizes(image)[-1][2]
-        head_live = head * last * last + 2 * self.head * last * last
-        if head_live > best:
-            best, where = head_live, "head"
-        return inp + best, f"input + largest live set at {where}"
+        sizes.append(self.head * last * last)
+        return sizes
+
+    def activation_elements(self, image: int | None = None, onednn: bool = True) -> tuple[int, str]:
+        """Largest live set of one image's forward pass, in elements, and where it is."""
+        where, best = max(self.live_sets(image, onednn), key=lambda w: w[1])
+        kernels = "oneDNN blocked copies" if onednn else "plain NCHW convolutions"
+        return best, f"largest live set at {where}, input image included, {kernels}"
+
+
+def _same_pad(size: int, kernel: int, stride: int) -> int:
+    """Total padding of TensorFlow-style "same" convolution on one side length (what the model pads)."""
+    out = math.ceil(size / stride)
+    return max((out - 1) * stride + kernel - size, 0)

@@ -9,8 +9,11 @@
     activations   the largest live set of one forward pass over batch x context tokens
                   (decoder: residual, gate/up/product of the MLP, last-token logits in fp32;
                   encoder: max of attention's q/k/v/context and the MLP's in/out; CNN: the input images
-                  and the largest set of feature maps alive at once, see kiln.plan.cnn), times the
-                  runtime's allocator slack
+                  and the largest set of feature maps alive at once, walked operator by operator with
+                  oneDNN's blocked copies on CPU, see kiln.plan.cnn); on GPU and in arena runtimes (ONNX
+                  Runtime), times the runtime's allocator slack
+    allocator     CPU runtimes that allocate tensors with glibc malloc (PyTorch): what the heap keeps
+                  resident beyond the live tensors (see ``glibc_retention``); replaces the slack there
     load copy     CPU: weight copies resident at once while loading, beyond what serving holds
     runtime       CPU: the serving process before weights; GPU: CUDA context and library workspaces
 
@@ -33,6 +36,7 @@ WIDTH: dict[str, float] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1,
 QUANTIZED = frozenset({"fp8", "int8", "int4"})
 INT4_GROUP = 128
 MIB = 1 << 20
+GLIBC_MMAP_MAX = 32 * MIB  # glibc DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 
 # stored dtype names (safetensors/ONNX/torch spelling) -> bytes per element
 _STORED_WIDTH: dict[str, float] = {
@@ -117,12 +121,13 @@ class MemoryBreakdown(BaseModel):
 
     def per_device(self, tp: int, pp: int) -> int:
         """Bytes on each of tp x pp devices: weights, scales and KV cache split across all of them,
-        activations split by tensor parallelism, runtime overhead on every device."""
+        activations (and what the allocator keeps) split by tensor parallelism, runtime overhead on
+        every device."""
         out = 0.0
         for line in self.lines:
             if line.name == "runtime":
                 out += line.bytes
-            elif line.name == "activations":
+            elif line.name in ("activations", "allocator"):
                 out += line.bytes / tp
             else:
                 out += line.bytes / (tp * pp)
@@ -159,13 +164,17 @@ def kv_width(dtype: PlanDtype) -> int:
     return 4 if dtype == "fp32" else 2
 
 
-def activation_bytes(spec: ArchSpec, dtype: PlanDtype, tokens: int, batch: int) -> tuple[int, str]:
-    """Largest live set of one forward pass over batch x tokens (fused/SDPA attention: no T x T matrix)."""
-    width = 4 if dtype == "fp32" else 2
+def activation_bytes(
+    spec: ArchSpec, dtype: PlanDtype, tokens: int, batch: int, device: Literal["gpu", "cpu"] = "gpu"
+) -> tuple[int, str]:
+    """Largest live set of one forward pass over batch x tokens (fused/SDPA attention: no T x T matrix).
+
+    ``device`` matters for CNNs only: CPU convolutions go through oneDNN's blocked copies."""
+    width = _act_width(dtype)
     h = spec.hidden
     n = batch * tokens
     if spec.convnet is not None:  # tokens is the image side
-        per_image, where = spec.convnet.activation_elements(tokens)
+        per_image, where = spec.convnet.activation_elements(tokens, onednn=device == "cpu")
         return (
             batch * per_image * width,
             f"batch {batch} x {per_image:,} elements ({where}, {tokens}x{tokens} images) x {width} B",
@@ -176,13 +185,71 @@ def activation_bytes(spec: ArchSpec, dtype: PlanDtype, tokens: int, batch: int) 
             n * per_token * width,
             f"{n:,} tokens x max(6 x {h}, 2 x ({h} + {spec.intermediate})) x {width} B",
         )
-    inter = spec.expert_intermediate if spec.experts else spec.intermediate
+    inter = _mlp_width(spec)
     per_token = 2 * h + 3 * inter
     logits = batch * spec.vocab * 4
     how = (
         f"{n:,} tokens x (2 x {h} + 3 x {inter}) x {width} B + last-token logits {batch} x {spec.vocab} x 4 B"
     )
     return n * per_token * width + logits, how
+
+
+def _act_width(dtype: PlanDtype) -> int:
+    return 4 if dtype == "fp32" else 2
+
+
+def _mlp_width(spec: ArchSpec) -> int:
+    return spec.expert_intermediate if spec.experts else spec.intermediate
+
+
+def largest_transient_below(spec: ArchSpec, dtype: PlanDtype, tokens: int, batch: int, cap: int) -> int:
+    """Bytes of the largest activation tensor of one forward pass that is at most ``cap`` bytes.
+
+    CNN: every feature map (input, padded copies, expanded/depthwise/block outputs, head) x batch;
+    transformers: the [tokens, width] matrices of a layer (hidden, q, k/v, MLP intermediate)."""
+    width = _act_width(dtype)
+    if spec.convnet is not None:
+        sizes = [batch * e * width for e in spec.convnet.feature_maps(tokens)]
+    else:
+        n = batch * tokens
+        widths = [spec.hidden, spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim]
+        widths.append(spec.intermediate if spec.family == "encoder" else _mlp_width(spec))
+        sizes = [n * w * width for w in widths]
+    return max((x for x in sizes if x <= cap), default=0)
+
+
+def glibc_retention(spec: ArchSpec, dtype: PlanDtype, tokens: int, batch: int) -> tuple[int, str]:
+    """Heap memory glibc malloc keeps resident beyond the live tensors, at the forward pass's peak.
+
+    Two mechanisms, both from glibc's documented behaviour (mallopt(3)), none fitted to a measurement:
+
+    * trim threshold: a block of at least the mmap threshold is served by ``mmap`` and returned to the
+      system when freed; freeing one raises the threshold to its size (up to ``M_MMAP_THRESHOLD`` max,
+      32 MiB on 64-bit) and the trim threshold to twice that. From then on, tensors below the threshold
+      come from the heap, and the heap's top is only given back once more than 2 x threshold is free:
+      up to ``2 x`` the largest activation tensor of at most 32 MiB stays resident.
+    * KV cache strands holes (decoders): a prefill allocates each layer's K and V (kept) between that
+      layer's activations (freed). When K/V tensors come from the heap (at most 32 MiB each), one of the
+      pair can land in a hole the layer's next activation then does not fit, which strands a K/V-sized
+      hole per layer: up to half the KV cache again. Seen in some runs and not in others (thread
+      timing); a replica must fit the runs where it happens, so the plan counts it.
+    """
+    largest = largest_transient_below(spec, dtype, tokens, batch, GLIBC_MMAP_MAX)
+    retained = 2 * largest
+    how = (
+        f"glibc keeps the heap top below its trim threshold: 2 x {largest / MIB:,.1f} MiB "
+        "(largest activation tensor <= 32 MiB)"
+    )
+    if spec.has_kv_cache:
+        kv = kv_cache_bytes(spec, dtype, tokens, batch)
+        per_tensor = kv // (2 * spec.layers) if spec.layers else 0
+        if 0 < per_tensor <= GLIBC_MMAP_MAX:
+            retained += kv // 2
+            how += (
+                f" + holes stranded by heap-served K/V tensors ({per_tensor / MIB:,.1f} MiB each): "
+                "KV cache / 2"
+            )
+    return retained, how
 
 
 def memory_breakdown(
@@ -227,16 +294,21 @@ def memory_breakdown(
         if spec.has_kv_cache
         else f"none: {no_kv} keeps no KV cache"
     )
-    act, act_how = activation_bytes(spec, dtype, context, batch)
-    act = int(act * runtime.activation_slack)
-    if runtime.activation_slack != 1:
-        act_how += f", x {runtime.activation_slack:g} allocator slack"
+    act, act_how = activation_bytes(spec, dtype, context, batch, device)
+    glibc = device == "cpu" and runtime.cpu_allocator == "glibc"
+    if not glibc:
+        act = int(act * runtime.activation_slack)
+        if runtime.activation_slack != 1:
+            act_how += f", x {runtime.activation_slack:g} allocator slack"
     lines = [
         w_line,
         MemoryLine(name="quantization scales", bytes=scales, how=scales_how),
         MemoryLine(name="KV cache", bytes=kv, how=kv_how),
         MemoryLine(name="activations", bytes=act, how=act_how),
     ]
+    if glibc:
+        held, held_how = glibc_retention(spec, dtype, context, batch)
+        lines.append(MemoryLine(name="allocator", bytes=held, how=held_how))
     if device == "cpu" and runtime.load_copies > 1:
         load_extra = max(0, int((runtime.load_copies - 1) * w) - kv - act)
         lines.append(
