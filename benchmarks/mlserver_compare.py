@@ -1,0 +1,296 @@
+"""``kiln serve`` against MLServer serving the same ONNX model, with the same client, on this machine.
+
+    .venv/bin/python benchmarks/mlserver_compare.py [BUNDLE] [--seconds 8] [--mlserver-venv DIR]
+
+BUNDLE defaults to the cached default bundle under KILN_HOME (build it with ``kiln run --no-serve``).
+
+MLServer lives in its own virtual environment, made by this script when it is missing (default
+``KILN_HOME/bench/mlserver-venv``: ``mlserver==1.7.1``, ``uvloop<0.22``, ``onnxruntime``, ``tokenizers``,
+``numpy``); it never touches kiln's. PyPI has no ONNX Runtime runtime for MLServer, so the script writes a
+small custom one in a
+temporary folder (``kiln_onnx_runtime.py``: MLServer's ``MLModel`` contract, ``load`` / ``predict``) that
+runs the bundle's own ``model.onnx`` with onnxruntime on the bundle's ``tokenizer.json`` (same max length,
+padding per batch), and serves it with MLServer's adaptive batching on, at kiln's knobs (at most
+KILN_MAX_BATCH_SIZE texts, KILN_MAX_WAIT_MS), and its default parallel inference worker.
+
+Before timing, both servers embed the same texts and the answers are compared (they must agree). Then each
+server, alone on the machine, is driven over loopback by the same asyncio httpx client (``serve_throughput.
+drive``: POST /v2/models/{m}/infer, JSON BYTES tensor, one text per request, closed loop) at concurrency 1
+and 32. Prints throughput, the ratio (bar: kiln ≥ 2x MLServer at concurrency 32) and p50/p99 latencies (bar:
+kiln's p99 no worse). Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serve_throughput import drive, free_port, texts_pool  # noqa: E402
+
+from kiln.bundle.load import load_bundle  # noqa: E402
+from kiln.default_job import default_bundle_dir  # noqa: E402
+from kiln.serve.models import embed_config  # noqa: E402
+from kiln.settings import Settings  # noqa: E402
+
+MLSERVER_VERSION = "1.7.1"
+UVLOOP = "uvloop<0.22"
+"""MLServer 1.7.1's inference workers die at start with uvloop 0.22 ("There is no current event loop in
+thread 'MainThread'", MLServer issue #2286, unfixed in a release): keep the last uvloop it works with."""
+KILN = [sys.executable, "-m", "kiln.cli"]
+
+RUNTIME = '''"""MLServer runtime for a kiln bundle's ONNX embedder (from benchmarks/mlserver_compare.py)."""
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec, StringCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class KilnOnnxRuntime(MLModel):
+    async def load(self) -> bool:
+        extra = self.settings.parameters.extra
+        tok = Tokenizer.from_file(extra["tokenizer"])
+        pad = tok.padding
+        tok.no_padding()
+        tok.enable_padding(
+            pad_id=int(pad["pad_id"]) if pad else 0, pad_token=str(pad["pad_token"]) if pad else "[PAD]"
+        )
+        tok.enable_truncation(max_length=int(extra["max_length"]))
+        self.tok = tok
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(extra["threads"])
+        self.session = ort.InferenceSession(extra["model"], options, providers=["CPUExecutionProvider"])
+        self.feed_names = {i.name for i in self.session.get_inputs()}  # MLModel.inputs is taken
+        self.output_name = extra["output"]
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        texts = StringCodec.decode_input(payload.inputs[0])
+        encs = self.tok.encode_batch(list(texts))
+        feed = {
+            "input_ids": np.asarray([e.ids for e in encs], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encs], dtype=np.int64),
+            "token_type_ids": np.asarray([e.type_ids for e in encs], dtype=np.int64),
+        }
+        feed = {k: v for k, v in feed.items() if k in self.feed_names}
+        rows = np.asarray(self.session.run([self.output_name], feed)[0], dtype=np.float32)
+        return InferenceResponse(
+            model_name=self.name, outputs=[NumpyCodec.encode_output(name=self.output_name, payload=rows)]
+        )
+'''
+
+
+def ensure_mlserver(venv: Path, console: Console) -> Path:
+    """The ``mlserver`` executable of ``venv``, creating the venv and installing MLServer if needed."""
+    exe = venv / "bin" / "mlserver"
+    if exe.is_file():
+        return exe
+    console.print(f"installing MLServer {MLSERVER_VERSION} into {venv} (once; a few minutes) ...")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    packages = [f"mlserver=={MLSERVER_VERSION}", UVLOOP, "onnxruntime", "tokenizers", "numpy"]
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *packages], check=True)
+    if not exe.is_file():
+        sys.exit(f"MLServer was installed into {venv}, but {exe} is missing")
+    return exe
+
+
+def write_model_folder(folder: Path, bundle_dir: Path, settings: Settings) -> tuple[str, int]:
+    """MLServer's settings.json, model-settings.json and the runtime; returns (model name, http port)."""
+    bundle = load_bundle(bundle_dir)
+    config = embed_config(bundle)
+    name = bundle.manifest.model_name
+    http_port = free_port()
+    (folder / "kiln_onnx_runtime.py").write_text(RUNTIME)
+    server_settings = {
+        "http_port": http_port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "debug": False,
+    }
+    (folder / "settings.json").write_text(json.dumps(server_settings))
+    model_settings = {
+        "name": name,
+        "implementation": "kiln_onnx_runtime.KilnOnnxRuntime",
+        "max_batch_size": settings.max_batch_size,
+        "max_batch_time": settings.max_wait_ms / 1000,
+        "parameters": {
+            "extra": {
+                "model": str(bundle.artifact_path.resolve()),
+                "tokenizer": str(bundle.tokenizer_path.resolve()),
+                "max_length": config.max_length,
+                "output": config.output_name,
+                "threads": settings.threads,
+            }
+        },
+    }
+    (folder / "model-settings.json").write_text(json.dumps(model_settings))
+    return name, http_port
+
+
+def wait_ready(
+    url: str, model: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float = 180
+) -> float:
+    """Seconds until ``url``'s /v2/models/{model}/ready answers 200."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/v2/models/{model}/ready", timeout=1).status_code == 200:
+                return time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"{what} was not ready after {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+def embed_once(url: str, model: str, texts: list[str]) -> np.ndarray:
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+    r = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=60)
+    if r.status_code != 200:
+        sys.exit(f"{url}: infer answered {r.status_code}: {r.text[:500]}")
+    out = r.json()["outputs"][0]
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+Phase = tuple[float, float, float, int]  # texts/s, p50 ms, p99 ms, non-200 answers
+
+
+def measure(
+    url: str, model: str, concurrency: int, seconds: float, max_requests: int, console: Console
+) -> tuple[Phase, Phase]:
+    console.print("  concurrency 1 ...")
+    c1 = asyncio.run(drive(url, model, 1, 1, seconds, max_requests))
+    console.print(f"  concurrency {concurrency} ...")
+    cn = asyncio.run(drive(url, model, concurrency, 1, seconds, max_requests))
+    return c1, cn
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", type=Path, nargs="?", default=None)
+    ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per phase")
+    ap.add_argument("--max-requests", type=int, default=20_000, help="most requests per phase")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--mlserver-venv", type=Path, default=None, help="default KILN_HOME/bench/mlserver-venv")
+    args = ap.parse_args()
+    console = Console(width=max(Console().width, 120))
+    settings = Settings.from_env()
+    bundle_dir = args.bundle or default_bundle_dir(settings)
+    if not (bundle_dir / "kiln.json").is_file():
+        sys.exit(f"no bundle at {bundle_dir}: build the default one with `kiln run --no-serve`, or pass one")
+    if load_bundle(bundle_dir).manifest.task != "embed":
+        sys.exit(f"{bundle_dir} is not an embed bundle: this benchmark compares embedders")
+    mlserver = ensure_mlserver(args.mlserver_venv or settings.home / "bench" / "mlserver-venv", console)
+
+    with tempfile.TemporaryDirectory(prefix="kiln-mlserver-") as tmp:
+        folder = Path(tmp)
+        model, ml_port = write_model_folder(folder, bundle_dir, settings)
+        probe = texts_pool(8)
+
+        # kiln serve, alone
+        kiln_port = free_port()
+        kiln_url = f"http://127.0.0.1:{kiln_port}"
+        kiln_log = folder / "kiln.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "KILN_ACCESS_LOG": "0"}
+        cmd = [*KILN, "serve", str(bundle_dir), "--host", "127.0.0.1", "--port", str(kiln_port)]
+        with open(kiln_log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            kiln_cold = wait_ready(kiln_url, model, proc, "kiln serve", kiln_log)
+            kiln_rows = embed_once(kiln_url, model, probe)
+            console.print(f"kiln serve ready in {kiln_cold:.2f} s; driving it:")
+            kiln_c1, kiln_cn = measure(
+                kiln_url, model, args.concurrency, args.seconds, args.max_requests, console
+            )
+        finally:
+            stop(proc)
+
+        # MLServer, alone, on the same model.onnx and tokenizer.json
+        ml_url = f"http://127.0.0.1:{ml_port}"
+        ml_log = folder / "mlserver.log"
+        ml_env = {**os.environ, "PYTHONPATH": str(folder), "PYTHONUNBUFFERED": "1"}
+        with open(ml_log, "wb") as out:
+            proc = subprocess.Popen(
+                [str(mlserver), "start", str(folder)], stdout=out, stderr=subprocess.STDOUT, env=ml_env
+            )
+        try:
+            ml_cold = wait_ready(ml_url, model, proc, "MLServer", ml_log)
+            ml_rows = embed_once(ml_url, model, probe)
+            console.print(f"MLServer ready in {ml_cold:.2f} s; driving it:")
+            ml_c1, ml_cn = measure(ml_url, model, args.concurrency, args.seconds, args.max_requests, console)
+        finally:
+            stop(proc)
+
+    diff = float(np.abs(kiln_rows - ml_rows).max())
+    table = Table(title=f"kiln serve vs MLServer {MLSERVER_VERSION} — {model} ({bundle_dir})")
+    for col in ("measure", "kiln serve", "MLServer", "ratio", "bar", "met"):
+        table.add_column(col)
+
+    def phase(p: Phase) -> str:
+        return f"{p[0]:.0f} texts/s, p50 {p[1]:.1f} ms, p99 {p[2]:.1f} ms, {p[3]} errors"
+
+    ratio = kiln_cn[0] / ml_cn[0]
+    table.add_row(
+        f"throughput, concurrency {args.concurrency}",
+        phase(kiln_cn),
+        phase(ml_cn),
+        f"{ratio:.2f}x",
+        "≥ 2x",
+        "yes" if ratio >= 2 else "[red]NO[/]",
+    )
+    p99_ok = kiln_cn[2] <= ml_cn[2]
+    table.add_row(
+        f"p99 latency, concurrency {args.concurrency}",
+        f"{kiln_cn[2]:.1f} ms",
+        f"{ml_cn[2]:.1f} ms",
+        f"{kiln_cn[2] / ml_cn[2]:.2f}x",
+        "no worse",
+        "yes" if p99_ok else "[red]NO[/]",
+    )
+    table.add_row("concurrency 1", phase(kiln_c1), phase(ml_c1), f"{kiln_c1[0] / ml_c1[0]:.2f}x", "", "")
+    table.add_row("cold start (spawn -> ready)", f"{kiln_cold:.2f} s", f"{ml_cold:.2f} s", "", "", "")
+    table.add_row(
+        "same answers (max |Δ|, 8 texts)",
+        f"{diff:.1e}",
+        "",
+        "",
+        "≤ 1e-4",
+        "yes" if diff <= 1e-4 else "[red]NO[/]",
+    )
+    console.print(table)
+    console.print(
+        f"one client process on the same {os.cpu_count()}-core machine as each server; MLServer with "
+        f"adaptive batching (max_batch_size {settings.max_batch_size}, max_batch_time "
+        f"{settings.max_wait_ms:g} ms) and its default inference worker; kiln serve with its defaults."
+    )
+
+
+if __name__ == "__main__":
+    main()
