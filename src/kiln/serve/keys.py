@@ -293,7 +293,8 @@ def add_key(path: Path, key_id: str, **options: Any) -> tuple[str, ApiKey]:
 
 
 def revoke_key(path: Path, key_id: str) -> ApiKey:
-    """Remove the key ``key_id`` from ``path``; the removed record (running servers keep it until restart)."""
+    """Remove the key ``key_id`` from ``path``; the removed record. A running server stops accepting the key
+    once it reloads the file (when it sees the change, or on SIGHUP: see ``kiln.serve.auth``)."""
     keys = load_keys(path)
     kept = [k for k in keys if k.id != key_id]
     if len(kept) == len(keys):
