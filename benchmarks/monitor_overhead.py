@@ -6,9 +6,14 @@
 BUNDLE defaults to the cached default bundle under KILN_HOME (build it with ``kiln run --no-serve``).
 Starts two real servers, one with ``--no-monitor`` and one with the log on (SQLite in a temporary folder
 unless --monitor-db; sample --sample), and drives them in turn over loopback (POST /v2/models/{m}/infer,
-the closed-loop asyncio client of serve_throughput.py), --rounds times each, alternating so that other
-load on the machine hits both alike. Prints each round's on/off and the median; the bar is >= 0.95x.
-Only one server is driven at a time (the idle one costs nothing); asserts nothing.
+the closed-loop asyncio client of serve_throughput.py), --rounds times each, alternating (off-on, then
+on-off) so that other load on the machine hits both alike. Prints each round's on/off and the median; the
+bar is >= 0.95x. Only one server is driven at a time (the idle one costs nothing); asserts nothing.
+
+On a shared machine throughput swings with other people's load far more than by 5%, so each phase also
+records the server process's CPU time (user + system, all threads) per text it answered (from its
+``kiln_inference_items_total``): a server that is CPU-bound serves ``1 / (CPU per text)``, so the ratio of
+CPU per text, off / on, is the throughput ratio with the noise of the neighbours mostly taken out.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
+import psutil
 from serve_throughput import KILN, drive, free_port, wait_ready
 
 from kiln.bundle.load import load_bundle
@@ -42,13 +48,28 @@ def start(bundle: Path, flags: list[str]) -> tuple[str, subprocess.Popen[bytes]]
     return url, proc
 
 
-def run(url: str, model: str, args: argparse.Namespace) -> float:
+def served(url: str, pid: int) -> tuple[float, float]:
+    """(texts the server ran through its model so far, CPU seconds its process used so far)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    items = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("kiln_inference_items_total{")
+    )
+    cpu = psutil.Process(pid).cpu_times()
+    return items, cpu.user + cpu.system
+
+
+def run(url: str, pid: int, model: str, args: argparse.Namespace) -> tuple[float, float]:
+    """(texts/s, CPU milliseconds per text) of one phase."""
+    items0, cpu0 = served(url, pid)
     tput, p50, p99, errors = asyncio.run(
         drive(url, model, args.concurrency, 1, args.seconds, args.max_requests)
     )
+    items1, cpu1 = served(url, pid)
     if errors:
         print(f"    ({errors} requests were not answered 200)")
-    return tput
+    return tput, 1000 * (cpu1 - cpu0) / max(items1 - items0, 1)
 
 
 def main() -> None:
@@ -67,6 +88,7 @@ def main() -> None:
     model = load_bundle(bundle).manifest.model_name
     print(f"request log overhead on {bundle} (model {model}), concurrency {args.concurrency}:")
     ratios: list[float] = []
+    cpu_ratios: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         db = args.monitor_db or f"sqlite:///{Path(tmp) / 'requests.db'}"
         procs: list[subprocess.Popen[bytes]] = []
@@ -75,15 +97,20 @@ def main() -> None:
             procs.append(proc)
             on_url, proc = start(bundle, ["--monitor-db", db, "--monitor-sample", str(args.sample)])
             procs.append(proc)
+            pids = {off_url: procs[0].pid, on_url: procs[1].pid}
             for url in (off_url, on_url):  # warm-up: connections, sessions, the log's first batches
                 asyncio.run(drive(url, model, args.concurrency, 1, 1.0, args.max_requests))
             # alternate the two (one driven at a time) so that other load on the machine hits both alike
             for r in range(args.rounds):
-                off = run(off_url, model, args)
-                on = run(on_url, model, args)
+                order = (off_url, on_url) if r % 2 == 0 else (on_url, off_url)
+                measured = {url: run(url, pids[url], model, args) for url in order}
+                (off, off_cpu), (on, on_cpu) = measured[off_url], measured[on_url]
                 ratios.append(on / off if off else float("nan"))
+                cpu_ratios.append(off_cpu / on_cpu if on_cpu else float("nan"))
                 print(
-                    f"  round {r + 1}: off {off:8.0f} texts/s, on {on:8.0f} texts/s, on/off {ratios[-1]:.3f}x"
+                    f"  round {r + 1} ({'off, on' if r % 2 == 0 else 'on, off'}): off {off:8.0f} texts/s "
+                    f"{off_cpu:6.2f} CPU ms/text, on {on:8.0f} texts/s {on_cpu:6.2f} CPU ms/text; on/off "
+                    f"throughput {ratios[-1]:.3f}x, by CPU per text {cpu_ratios[-1]:.3f}x"
                 )
             stats = httpx.get(f"{on_url}/v2/monitor/stats", timeout=10).json()
         finally:
@@ -91,11 +118,17 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(30)
     ratio = statistics.median(ratios)
+    cpu_ratio = statistics.median(cpu_ratios)
     print(f"  log on: {db}, sample {args.sample}; committed {stats['committed']}, dropped {stats['dropped']}")
     verdict = "met" if ratio >= BAR else "NOT met"
     print(
         f"throughput with the request log / without (median of {len(ratios)} rounds): {ratio:.3f}x "
         f"(bar >= {BAR}x: {verdict})"
+    )
+    print(
+        f"CPU per text without the request log / with it (median of {len(cpu_ratios)} rounds): "
+        f"{cpu_ratio:.3f}x (bar >= {BAR}x: {'met' if cpu_ratio >= BAR else 'NOT met'}); load average "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs"
     )
 
 
