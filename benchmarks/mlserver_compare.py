@@ -13,11 +13,13 @@ runs the bundle's own ``model.onnx`` with onnxruntime on the bundle's ``tokenize
 padding per batch), and serves it with MLServer's adaptive batching on, at kiln's knobs (at most
 KILN_MAX_BATCH_SIZE texts, KILN_MAX_WAIT_MS), and its default parallel inference worker.
 
-Before timing, both servers embed the same texts and the answers are compared (they must agree). Then each
-server, alone on the machine, is driven over loopback by the same asyncio httpx client (``serve_throughput.
-drive``: POST /v2/models/{m}/infer, JSON BYTES tensor, one text per request, closed loop) at concurrency 1
-and 32. Prints throughput, the ratio (bar: kiln ≥ 2x MLServer at concurrency 32) and p50/p99 latencies (bar:
-kiln's p99 no worse). Asserts nothing.
+Each server starts alone (cold start); then both stay up, both embed the same texts and the answers are
+compared (they must agree), and they are driven in turn, never at once, over loopback by the same asyncio
+httpx client (``serve_throughput.drive``: POST /v2/models/{m}/infer, JSON BYTES tensor, one text per
+request, closed loop) at concurrency 1 and 32, in ``--rounds`` alternating rounds (medians reported: on a
+shared machine the background load drifts, and neighbouring rounds see about the same). Prints
+throughput, the ratio (bar: kiln ≥ 2x MLServer at concurrency 32) and p50/p99 latencies (bar: kiln's p99
+no worse). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -183,6 +185,17 @@ def measure(
     return c1, cn
 
 
+def median_phases(runs: list[tuple[Phase, Phase]]) -> tuple[Phase, Phase]:
+    """Per measure, the median over rounds of (concurrency 1, concurrency N) phases; errors summed."""
+
+    def median(phases: list[Phase]) -> Phase:
+        cols = np.asarray([p[:3] for p in phases], dtype=np.float64)
+        m = np.median(cols, axis=0)
+        return float(m[0]), float(m[1]), float(m[2]), sum(p[3] for p in phases)
+
+    return median([r[0] for r in runs]), median([r[1] for r in runs])
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -198,6 +211,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per phase")
     ap.add_argument("--max-requests", type=int, default=20_000, help="most requests per phase")
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per server (medians reported)")
     ap.add_argument("--mlserver-venv", type=Path, default=None, help="default KILN_HOME/bench/mlserver-venv")
     args = ap.parse_args()
     console = Console(width=max(Console().width, 120))
@@ -209,44 +223,47 @@ def main() -> None:
         sys.exit(f"{bundle_dir} is not an embed bundle: this benchmark compares embedders")
     mlserver = ensure_mlserver(args.mlserver_venv or settings.home / "bench" / "mlserver-venv", console)
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="kiln-mlserver-") as tmp:
         folder = Path(tmp)
         model, ml_port = write_model_folder(folder, bundle_dir, settings)
         probe = texts_pool(8)
-
-        # kiln serve, alone
         kiln_port = free_port()
         kiln_url = f"http://127.0.0.1:{kiln_port}"
-        kiln_log = folder / "kiln.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "KILN_ACCESS_LOG": "0"}
-        cmd = [*KILN, "serve", str(bundle_dir), "--host", "127.0.0.1", "--port", str(kiln_port)]
-        with open(kiln_log, "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            kiln_cold = wait_ready(kiln_url, model, proc, "kiln serve", kiln_log)
-            kiln_rows = embed_once(kiln_url, model, probe)
-            console.print(f"kiln serve ready in {kiln_cold:.2f} s; driving it:")
-            kiln_c1, kiln_cn = measure(
-                kiln_url, model, args.concurrency, args.seconds, args.max_requests, console
-            )
-        finally:
-            stop(proc)
-
-        # MLServer, alone, on the same model.onnx and tokenizer.json
         ml_url = f"http://127.0.0.1:{ml_port}"
-        ml_log = folder / "mlserver.log"
+        kiln_log, ml_log = folder / "kiln.log", folder / "mlserver.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "KILN_ACCESS_LOG": "0"}
         ml_env = {**os.environ, "PYTHONPATH": str(folder), "PYTHONUNBUFFERED": "1"}
-        with open(ml_log, "wb") as out:
-            proc = subprocess.Popen(
-                [str(mlserver), "start", str(folder)], stdout=out, stderr=subprocess.STDOUT, env=ml_env
-            )
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            ml_cold = wait_ready(ml_url, model, proc, "MLServer", ml_log)
+            # each server starts alone (cold start), then both stay up, idle while the other is driven
+            with open(kiln_log, "wb") as out:
+                cmd = [*KILN, "serve", str(bundle_dir), "--host", "127.0.0.1", "--port", str(kiln_port)]
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
+            kiln_cold = wait_ready(kiln_url, model, procs[-1], "kiln serve", kiln_log)
+            with open(ml_log, "wb") as out:
+                cmd = [str(mlserver), "start", str(folder)]
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ml_env))
+            ml_cold = wait_ready(ml_url, model, procs[-1], "MLServer", ml_log)
+            kiln_rows = embed_once(kiln_url, model, probe)
             ml_rows = embed_once(ml_url, model, probe)
-            console.print(f"MLServer ready in {ml_cold:.2f} s; driving it:")
-            ml_c1, ml_cn = measure(ml_url, model, args.concurrency, args.seconds, args.max_requests, console)
+            # rounds alternate the servers (and which goes first), so that both see the same background
+            # load on a shared machine; each round's ratio compares neighbours in time
+            runs: dict[str, list[tuple[Phase, Phase]]] = {"kiln": [], "mlserver": []}
+            urls = {"kiln": kiln_url, "mlserver": ml_url}
+            for r in range(args.rounds):
+                for name in ("kiln", "mlserver") if r % 2 == 0 else ("mlserver", "kiln"):
+                    console.print(f"round {r + 1}/{args.rounds}: {name}")
+                    runs[name].append(
+                        measure(urls[name], model, args.concurrency, args.seconds, args.max_requests, console)
+                    )
         finally:
-            stop(proc)
+            for proc in procs:
+                stop(proc)
+    load_after = os.getloadavg()[0]
+    kiln_c1, kiln_cn = median_phases(runs["kiln"])
+    ml_c1, ml_cn = median_phases(runs["mlserver"])
+    round_ratios = [k[1][0] / m[1][0] for k, m in zip(runs["kiln"], runs["mlserver"], strict=True)]
 
     diff = float(np.abs(kiln_rows - ml_rows).max())
     table = Table(title=f"kiln serve vs MLServer {MLSERVER_VERSION} — {model} ({bundle_dir})")
@@ -256,7 +273,7 @@ def main() -> None:
     def phase(p: Phase) -> str:
         return f"{p[0]:.0f} texts/s, p50 {p[1]:.1f} ms, p99 {p[2]:.1f} ms, {p[3]} errors"
 
-    ratio = kiln_cn[0] / ml_cn[0]
+    ratio = float(np.median(round_ratios))
     table.add_row(
         f"throughput, concurrency {args.concurrency}",
         phase(kiln_cn),
@@ -286,9 +303,13 @@ def main() -> None:
     )
     console.print(table)
     console.print(
-        f"one client process on the same {os.cpu_count()}-core machine as each server; MLServer with "
-        f"adaptive batching (max_batch_size {settings.max_batch_size}, max_batch_time "
-        f"{settings.max_wait_ms:g} ms) and its default inference worker; kiln serve with its defaults."
+        f"medians of {args.rounds} alternating rounds of {args.seconds:g} s per phase; throughput ratio per "
+        f"round at concurrency {args.concurrency}: {', '.join(f'{x:.2f}x' for x in round_ratios)}. "
+        f"One client process on the same {os.cpu_count()}-core machine as the servers (1-minute load "
+        f"average {load_before:.1f} before, {load_after:.1f} after: above {os.cpu_count()}, other work "
+        f"shared the CPU). MLServer with adaptive batching (max_batch_size {settings.max_batch_size}, "
+        f"max_batch_time {settings.max_wait_ms:g} ms) and its default inference worker; kiln serve with its "
+        "defaults (request log on)."
     )
 
 
