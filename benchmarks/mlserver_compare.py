@@ -309,7 +309,7 @@ def main() -> None:
         f"average {load_before:.1f} before, {load_after:.1f} after: above {os.cpu_count()}, other work "
         f"shared the CPU). MLServer with adaptive batching (max_batch_size {settings.max_batch_size}, "
         f"max_batch_time {settings.max_wait_ms:g} ms) and its default inference worker; kiln serve with its "
-        "defaults (request log on)."
+        f"defaults (request log {'on' if settings.monitor else 'off: KILN_MONITOR=0'})."
     )
 
 
