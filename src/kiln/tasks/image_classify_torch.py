@@ -139,6 +139,14 @@ class OnnxImageClassifier:
     ) -> np.ndarray:
         return logits_in_batches(self.run_encoded, self.pre, texts, batch_size, on_batch)
 
+    def embed_arrays(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Logits of already preprocessed ``N x 3 x H x W`` inputs, in batches."""
+        chunks = [
+            self.run_encoded({self.pre.input_name: x[i : i + batch_size]})
+            for i in range(0, len(x), batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+
 
 def export_image_onnx(
     module: Any,
