@@ -31,11 +31,11 @@ from kiln.bench.latency import interleaved_latency
 from kiln.bench.quality_classify import top1_agreement
 from kiln.optimize.calibration import CalibrationReader
 from kiln.optimize.cpu import cpu_info
-from kiln.optimize.quant_static import QuantizeStatic, int8_static_for
+from kiln.optimize.quant_static import QuantizeStatic
 from kiln.optimize.sensitivity import exclude_until_passes, rank_sensitivity
 from kiln.runtime.image_preprocess import ImagePreprocessor
 from kiln.runtime.onnx_backend import OnnxBackend
-from kiln.tasks.image_classify import CNN_OP_TYPES, image_quality
+from kiln.tasks.image_classify import image_quality, int8_static_cnn
 from kiln.tasks.image_classify_torch import (
     EFFICIENTNET_WEIGHTS,
     OnnxImageClassifier,
@@ -130,7 +130,7 @@ def main() -> None:
 
         feeds = [pre.encode(split.calibration[i : i + 16]) for i in range(0, len(split.calibration), 16)]
         reader = CalibrationReader.for_model(fp32, [f for f in feeds if len(f[pre.input_name]) == 16])
-        base = int8_static_for(cpu_info(), op_types=CNN_OP_TYPES)
+        base = int8_static_cnn(cpu_info())
         tried: list[tuple[float, str, QuantizeStatic, Path]] = []
         print(f"\n{'recipe':<28}{'size MB':>9}{'ratio':>7}{'rank agr':>10}{'held agr':>10}{'secs':>6}")
         for method in args.methods.split(","):

@@ -25,10 +25,9 @@ from kiln.analyze.inspect import inspect_model
 from kiln.analyze.safety import refuse_unsafe
 from kiln.optimize.calibration import CalibrationReader
 from kiln.optimize.cpu import cpu_info
-from kiln.optimize.quant_static import int8_static_for
 from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.sources.resolve import resolve_source
-from kiln.tasks.image_classify import CNN_OP_TYPES, ImageClassifyTask, named_source_dir
+from kiln.tasks.image_classify import ImageClassifyTask, int8_static_cnn, named_source_dir
 from kiln.tasks.image_classify_torch import OnnxImageClassifier, TorchImageClassifier
 from kiln.tasks.images import LABELLED_PHOTOS, PHOTOS, random_views, view_item
 
@@ -74,8 +73,7 @@ def test_static_int8_is_3_5x_smaller_and_keeps_the_labelled_classes(
     pre = ref.pre
     calibration = random_views(["astronaut", "grass", "clock", "logo"], 32, np.random.default_rng(0))
     feeds = [pre.encode(calibration[i : i + 16]) for i in (0, 16)]
-    recipe = int8_static_for(cpu_info(), calibration_method="MinMax", op_types=CNN_OP_TYPES)
-    recipe = recipe.model_copy(update={"reduce_range": False})
+    recipe = int8_static_cnn(cpu_info())
     dst = recipe.apply(onnx_path, tmp_path / "int8.onnx", CalibrationReader.for_model(onnx_path, feeds))
     assert onnx_path.stat().st_size / dst.stat().st_size >= 3.5
     items = [view_item(name) for name in LABELLED_PHOTOS]

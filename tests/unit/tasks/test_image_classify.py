@@ -10,9 +10,11 @@ import pytest
 from kiln.errors import DataError, InvalidInputError, TaskError
 from kiln.runtime.image_preprocess import ImagePreprocess, ImagePreprocessor
 from kiln.tasks.image_classify import (
+    CNN_OP_TYPES,
     ImageClassifyTask,
     find_model_file,
     image_quality,
+    int8_static_cnn,
     read_labels,
     read_preprocess,
 )
@@ -168,3 +170,13 @@ def test_serving_config_says_what_serving_needs() -> None:
     assert dumped["preprocess"]["resize"] == 36 and dumped["preprocess"]["mean"] == (0.5, 0.5, 0.5)
     assert dumped["labels"] == ["a", "b"] and dumped["output_name"] == "logits"
     assert ImageClassifyConfig.model_validate(dumped) == cfg
+
+
+def test_the_cnn_static_recipe_quantizes_activations_with_full_8_bit_weights() -> None:
+    from kiln.optimize.cpu import CpuInfo
+
+    no_vnni = CpuInfo(model="x86", flags=frozenset({"avx2"}), cores=2)
+    recipe = int8_static_cnn(no_vnni)
+    assert recipe.per_channel and not recipe.reduce_range and recipe.calibration_method == "MinMax"
+    assert recipe.op_types == CNN_OP_TYPES and "Clip" in recipe.op_types
+    assert recipe.activation_type == "QInt8" and recipe.weight_type == "QInt8" and "CNN" in recipe.why
