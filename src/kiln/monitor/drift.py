@@ -46,7 +46,7 @@ Correction = Literal["holm", "bh"]
 VERDICT_STATISTICS = {"numeric": ("ks", "wasserstein"), "categorical": ("chi2",)}
 EFFECT_STATISTICS = ("psi", "js")
 _NORMAL = NormalDist()
-DEFAULT_CACHED_SIZES = 16
+DEFAULT_CACHED_SIZES = 64  # above the 24 windows the dashboard shows plus the alert watcher's, with room
 
 
 @dataclass
@@ -193,10 +193,11 @@ def domain_classifier_auc(
 class Detector:
     """Drift tests against one profile; null distributions are cached per (test, window size).
 
-    The cache keeps the ``cached_sizes`` window sizes used most recently (a long-running server sees a
-    new size in almost every window: an unbounded cache grew by about a megabyte per size). An evicted
-    size is simulated again when it comes back, from the same seeds, so its thresholds are identical.
-    One detector may be shared by threads.
+    The cache keeps the ``cached_sizes`` window sizes used most recently: a long-running server sees a
+    new size at almost every poll (the open window grows), and an unbounded cache grew by up to a
+    megabyte per size. The default holds the dashboard's 24 windows and the alert watcher's with room
+    for the open windows' churn. An evicted size is simulated again when it comes back, from the same
+    seeds, so its thresholds are identical. One detector may be shared by threads.
     """
 
     def __init__(

@@ -191,3 +191,27 @@ def test_one_detector_shared_by_threads(profile: ReferenceProfile, pool: WindowD
     expected = {n: alone.detect(_take(pool, np.arange(n))).model_dump() for n in set(sizes)}
     assert all(r.model_dump() == expected[n] for n, r in zip(sizes, reports, strict=True))
     assert len(detector.cached_window_sizes) <= 2
+
+
+def test_default_cache_holds_a_dashboard_of_windows(
+    profile: ReferenceProfile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the dashboard re-reads its 24 windows every refresh while the open window grows: the 24 sizes of
+    # complete windows must stay cached however many open-window sizes pass through
+    import kiln.monitor.drift as drift
+
+    calls: list[int] = []
+    real = drift.null_histogram
+
+    def counting(hist, n, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(n)
+        return real(hist, n, *args, **kwargs)
+
+    monkeypatch.setattr(drift, "null_histogram", counting)
+    detector = Detector(profile, rounds=20)
+    complete = list(range(100, 124))
+    for refresh in range(40):
+        for n in [*complete, 500 + refresh]:
+            detector.calibrate(n)
+    assert sorted(set(calls)) == sorted([*complete, *range(500, 540)])
+    assert len(calls) == len(set(calls)) * len(profile.features) + 2 * len(set(calls))  # each once
