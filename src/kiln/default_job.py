@@ -51,14 +51,16 @@ def run_default(
     port: int = 8000,
     rebuild: bool = False,
     console: Console | None = None,
+    techniques: tuple[str, ...] | None = None,
 ) -> Path:
     console = console or Console()
     path = default_bundle_dir()
     bundle = None if rebuild else cached_bundle(path, console)
     if bundle is None:
         from kiln.optimize.build import BuildOptions, build
+        from kiln.optimize.structural import QUICK
 
-        build(BuildOptions(out=path), console=console)
+        build(BuildOptions(out=path, techniques=techniques or QUICK), console=console)
         bundle = load_bundle(path)
     else:
         console.print(f"[bold]using cached bundle[/] {path} (kiln run --rebuild to build it again)")

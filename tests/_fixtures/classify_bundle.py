@@ -65,6 +65,10 @@ def classify_build(tiny_classifier: Path, tmp_path_factory: pytest.TempPathFacto
             eval_samples=0,
             latency_seconds=0.2,
             measure_memory=True,
+            techniques=(
+                "quantize",
+                "precision",
+            ),  # structural ones: tests/integration/test_build_structural.py
         ),
         console=console,
     )

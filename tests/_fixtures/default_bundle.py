@@ -19,12 +19,13 @@ def default_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from rich.console import Console
 
     from kiln.optimize.build import BuildOptions, build
+    from kiln.optimize.structural import QUICK
 
     prebuilt = os.environ.get("KILN_TEST_BUNDLE")
     if prebuilt:
         yield Path(prebuilt)
         return
     out = tmp_path_factory.mktemp("bundles") / "all-MiniLM-L6-v2"
-    opts = BuildOptions(out=out, eval_samples=1200, latency_seconds=0.5)
+    opts = BuildOptions(out=out, eval_samples=1200, latency_seconds=0.5, techniques=QUICK)  # as `kiln run`
     build(opts, console=Console(width=160, force_terminal=False))
     yield out

@@ -31,7 +31,12 @@ def test_build_a_local_folder(tiny_bert: Path, tmp_path: Path) -> None:
     console = Console(record=True, width=200)
     result = build(
         BuildOptions(
-            model=str(tiny_bert), out=out, eval_samples=300, latency_seconds=0.2, measure_memory=False
+            model=str(tiny_bert),
+            out=out,
+            eval_samples=300,
+            latency_seconds=0.2,
+            measure_memory=False,
+            techniques=("quantize", "precision"),
         ),
         console=console,
     )

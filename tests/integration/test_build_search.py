@@ -37,6 +37,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _opts(model: Path, out: Path, **kw: object):  # type: ignore[no-untyped-def]
     from kiln.optimize.build import BuildOptions
 
+    kw.setdefault("techniques", ("quantize", "precision"))
     return BuildOptions(
         model=str(model), out=out, eval_samples=300, latency_seconds=0.2, measure_memory=False, **kw
     )

@@ -135,6 +135,11 @@ def recipe_summary(recipe: Sequence[dict[str, Any]]) -> str:
             "calibration_method",
             "block_size",
             "accuracy_level",
+            "num_layers",
+            "heads",
+            "ffn",
+            "channels",
+            "energy",
         ):
             if key in step:
                 details.append(f"{key}={step[key]}")
