@@ -55,6 +55,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from kiln.optimize.build import BuildOptions, build
     from kiln.optimize.search import parse_quality_drop
+    from kiln.optimize.structural import parse_techniques
 
     max_drop, relative = parse_quality_drop(args.max_quality_drop)
     opts = BuildOptions(
@@ -76,6 +77,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         text_column=args.text_column,
         label_column=args.label_column,
         slice_by=tuple(args.slice_by),
+        techniques=parse_techniques(args.techniques),
+        unlabelled=Path(args.unlabelled) if args.unlabelled else None,
+        train_seconds=args.train_seconds,
     )
     result = build(opts, console=console)
     console.print(f"[bold green]bundle written:[/] {result.bundle_dir}")
@@ -165,9 +169,15 @@ def _canary(spec: str) -> object:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from kiln.default_job import run_default
+    from kiln.optimize.structural import parse_techniques
 
     run_default(
-        serve=not args.no_serve, host=args.host, port=args.port, rebuild=args.rebuild, console=console
+        serve=not args.no_serve,
+        host=args.host,
+        port=args.port,
+        rebuild=args.rebuild,
+        console=console,
+        techniques=parse_techniques(args.techniques),
     )
     return 0
 
@@ -221,7 +231,10 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     from kiln.serve.keys import revoke_key
 
     revoke_key(Path(args.file), args.id)
-    err_console.print(f"revoked key [bold]{args.id}[/] in {args.file} (running servers: restart them)")
+    err_console.print(
+        f"revoked key [bold]{args.id}[/] in {args.file}: running servers stop accepting it within seconds "
+        "(they re-read the keys file when it changes, and on SIGHUP)"
+    )
     return 0
 
 
@@ -405,6 +418,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["cpu", "cuda"],
         help="device the bundle runs on (cuda needs onnxruntime's CUDAExecutionProvider)",
     )
+    pb.add_argument(
+        "--techniques",
+        default="all",
+        metavar="LIST",
+        help="technique families the search tries, comma-separated: quantize, precision, distill, prune, "
+        "low-rank; or all (default), or quick (quantize,precision: no training runs)",
+    )
+    pb.add_argument(
+        "--unlabelled",
+        default=None,
+        metavar="FILE",
+        help="unlabelled text for distillation and recovery training (.txt one per line, or the "
+        "--text-column of a CSV/JSONL/Parquet); default: kiln's bundled movie reviews",
+    )
+    pb.add_argument(
+        "--train-seconds",
+        type=float,
+        default=240.0,
+        metavar="SECONDS",
+        help="bound of each distillation run (pruning and low-rank recovery get less; default 240)",
+    )
     pb.add_argument("--out", default=None, help="bundle directory (default: under KILN_HOME)")
     pb.add_argument(
         "--eval-samples",
@@ -525,6 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("run", help="the main job: build the default model (cached) and serve it")
     pr.add_argument("--no-serve", action="store_true", help="build (or reuse) the bundle, then exit")
     pr.add_argument("--rebuild", action="store_true", help="build again even if a cached bundle exists")
+    pr.add_argument(
+        "--techniques",
+        default="quick",
+        metavar="LIST",
+        help="search of a new build: quick (default: quantization and precision, no training runs, a few "
+        "minutes), all (adds distillation, pruning and low-rank: longer), or a comma-separated list",
+    )
     pr.add_argument("--host", default="127.0.0.1")
     pr.add_argument("--port", type=int, default=8000)
     pr.set_defaults(func=_cmd_run)

@@ -34,7 +34,7 @@ from kiln.analyze.license import license_warning
 from kiln.analyze.safety import refuse_unsafe
 from kiln.bench.latency import interleaved_latency
 from kiln.bench.memory import peak_rss_mb
-from kiln.bench.parity import check_parity, parity_inputs
+from kiln.bench.parity import check_parity, judge_parity, parity_inputs
 from kiln.bench.scores import Quality, VariantRecord
 from kiln.bundle.card import model_card
 from kiln.bundle.load import load_bundle
@@ -52,8 +52,17 @@ from kiln.optimize.recipes import ExportOnnx, QuantizeDynamic, int8_dynamic_for,
 from kiln.optimize.search import Budget, SearchTrace, check_target, recipe_summary, screen_failure
 from kiln.optimize.select import BASELINE, choose
 from kiln.optimize.sensitivity import exclude_until_passes, rank_sensitivity
+from kiln.optimize.structural import (
+    TECHNIQUES,
+    TRAIN_SECONDS,
+    StructuralCandidate,
+    read_unlabelled,
+    structural_candidates,
+    training_texts,
+)
 from kiln.report.html import render_report
 from kiln.report.variants import variants_table
+from kiln.runtime.image_preprocess import ImagePreprocessor
 from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
 from kiln.settings import Settings
@@ -63,9 +72,17 @@ from kiln.tasks.classify import ClassifyTask
 from kiln.tasks.classify_config import TASK_NAME as CLASSIFY
 from kiln.tasks.embed import EmbedTask
 from kiln.tasks.embed_config import TASK_NAME as EMBED
+from kiln.tasks.embed_torch import INPUT_NAMES
+from kiln.tasks.image_classify import (
+    IMAGE_TECHNIQUES,
+    PREPROCESS_FILE,
+    ImageClassifyTask,
+    named_source_dir,
+)
+from kiln.tasks.image_classify_config import TASK_NAME as IMAGE_CLASSIFY
 
 REFERENCE = "pytorch-fp32"
-TASKS = (EMBED, CLASSIFY)
+TASKS = (EMBED, CLASSIFY, IMAGE_CLASSIFY)
 SCREEN_SIZE = 1000  # ranking-screen texts (half fit the probe for embed): cheap, never held out
 CALIBRATION_BATCHES = 8  # static quantization: 8 batches of 16 calibration texts
 SENSITIVITY_BATCHES = 4
@@ -103,6 +120,15 @@ class BuildOptions(BaseModel):
         default=None, gt=0, description="seconds; no new candidate starts after it"
     )
     target: Literal["cpu", "cuda"] = "cpu"
+    techniques: tuple[str, ...] = Field(
+        default=TECHNIQUES, description="technique families the search tries (see kiln.optimize.structural)"
+    )
+    unlabelled: Path | None = Field(
+        default=None, description="extra unlabelled text for distillation and recovery training"
+    )
+    train_seconds: float = Field(
+        default=TRAIN_SECONDS, gt=0, description="bound of a distillation run (recoveries get less)"
+    )
 
     def budget(self) -> Budget:
         return Budget(
@@ -186,6 +212,22 @@ def make_task(opts: BuildOptions) -> Task:
         return EmbedTask()
     if opts.task == CLASSIFY:
         return ClassifyTask(opts.data, opts.text_column, opts.label_column, opts.slice_by)
+    if opts.task == IMAGE_CLASSIFY:
+        if opts.model is None:
+            raise TaskError(
+                "task image-classify needs a model: a folder with an .onnx CNN, or efficientnet-lite0"
+            )
+        if opts.slice_by:
+            raise TaskError("--slice-by is for task classify")
+        spec = opts.model
+        if (packaged := named_source_dir(spec)) is not None:
+            # a named packaged model: its installed folder, scanned and inspected like any other folder
+            opts.model = str(packaged)
+            if opts.out is None:
+                opts.out = Settings.from_env().bundles_dir / bundle_name(spec)
+        # the structural recipes (distil, prune, low-rank) are written for transformer stacks and text
+        opts.techniques = tuple(t for t in opts.techniques if t in IMAGE_TECHNIQUES)
+        return ImageClassifyTask(opts.data)
     raise TaskError(f"task {opts.task!r} is not supported yet; available: {', '.join(TASKS)}")
 
 
@@ -251,8 +293,12 @@ class _BuildRun:
         self.name, self.out, self.work = name, out, work
         self.model_dir = Path(source.path)
         self.max_length = int(min(facts.max_sequence_length or 256, 512))
-        self.tok_path = _ensure_tokenizer_json(self.model_dir, work)
-        self.tokenizer = TextTokenizer(self.tok_path, self.max_length)
+        self.tok_path: Path | None = None
+        if isinstance(task, ImageClassifyTask):  # images: a preprocessor in the tokenizer's role
+            self.tokenizer: TextTokenizer = task.preprocessor(self.model_dir)
+        else:
+            self.tok_path = _ensure_tokenizer_json(self.model_dir, work)
+            self.tokenizer = TextTokenizer(self.tok_path, self.max_length)
         self.split = task.eval_split(self.model_dir, opts.eval_samples or None, opts.seed)
         self.cpu = cpu_info()
         self.candidates: dict[str, _Candidate] = {}
@@ -263,7 +309,11 @@ class _BuildRun:
         self.trials = 0
         self.interrupted: str | None = None
         self._parity_feeds: list[dict[str, np.ndarray]] | None = None
-        self._calibration_reader: CalibrationReader | None = None
+        self._calibration_feeds: list[dict[str, np.ndarray]] | None = None
+        self._calibration_readers: dict[str, CalibrationReader] = {}
+        self._train_batches: list[Any] | None = None
+        self._train_note = ""
+        self.full_evaluations = 0
 
     def _split_summary(self) -> str:
         s = self.split
@@ -342,7 +392,10 @@ class _BuildRun:
         path = self.work / f"{BASELINE}.onnx"
         with _step(self.progress, "export ONNX fp32 (dynamo)"):
             example = self.task.example_feed(self.tokenizer)
-            export_onnx(self.reference.module, example, path, self.export_recipe, self.task.graph_output)
+            if isinstance(self.task, ImageClassifyTask):  # one NCHW input, batch axis dynamic
+                self.task.export(self.reference, example, path, self.export_recipe)
+            else:
+                export_onnx(self.reference.module, example, path, self.export_recipe, self.task.graph_output)
         record = VariantRecord(name=BASELINE, format="onnx", recipe=[self.export_recipe.model_dump()])
         self.candidates[BASELINE] = _Candidate(record, path=path)
 
@@ -351,7 +404,11 @@ class _BuildRun:
     def _parity(self, c: _Candidate) -> bool:
         """The parity gate for one ONNX candidate; on success its runner is loaded."""
         if self._parity_feeds is None:
-            self._parity_feeds = parity_inputs(self.tokenizer, self.task.parity_texts(self.split))
+            texts = self.task.parity_texts(self.split)
+            if isinstance(self.tokenizer, ImagePreprocessor):
+                self._parity_feeds = self.tokenizer.parity_feeds(texts)
+            else:
+                self._parity_feeds = parity_inputs(self.tokenizer, texts)
         assert c.path is not None
         c.record.scores.file_bytes = c.path.stat().st_size
         try:
@@ -438,17 +495,34 @@ class _BuildRun:
     # -- the search ------------------------------------------------------------------------------
 
     def _plan(self) -> list[tuple[str, Any]]:
-        plan: list[tuple[str, Any]] = [
-            ("onnx-int8-dynamic", int8_dynamic_for(self.cpu)),
-            ("onnx-int8-dynamic-per-tensor", int8_dynamic_per_tensor()),
-            ("onnx-int8-static", int8_static_for(self.cpu)),
-            ("onnx-int4", int4_for(self.cpu)),
-            (
-                "onnx-fp16",
-                ConvertPrecision(dtype="fp16", why="half the bytes; kept on CPU only if faster here"),
-            ),
-        ]
+        """Graph-level candidates on the float export, cheapest first."""
+        plan: list[tuple[str, Any]] = []
+        if "quantize" in self.opts.techniques:
+            plan += [
+                ("onnx-int8-dynamic", int8_dynamic_for(self.cpu)),
+                ("onnx-int8-dynamic-per-tensor", int8_dynamic_per_tensor()),
+                ("onnx-int8-static", int8_static_for(self.cpu)),
+                ("onnx-int4", int4_for(self.cpu)),
+            ]
+        if "precision" in self.opts.techniques:
+            plan.append(
+                (
+                    "onnx-fp16",
+                    ConvertPrecision(dtype="fp16", why="half the bytes; kept on CPU only if faster here"),
+                )
+            )
         return plan
+
+    def _structural_plan(self) -> list[StructuralCandidate]:
+        from kiln.optimize.distill import layer_stack
+
+        try:
+            depth = len(layer_stack(self.reference.module))
+        except BuildError:
+            depth = 0  # no stack of repeated layers: no student can be taken from it
+        return structural_candidates(
+            self.task.name, depth, self.cpu, self.opts.techniques, self.opts.train_seconds
+        )
 
     def _stop_reason(self) -> str | None:
         b = self.budget
@@ -458,36 +532,204 @@ class _BuildRun:
             return f"not tried: --time-budget {b.time_budget_s:g} s spent ({self.trace.elapsed():.0f} s)"
         return None
 
-    def _calibration(self) -> CalibrationReader:
-        if self._calibration_reader is None:
-            feeds = encode_calibration(
-                self.tokenizer.encode,
-                self.split.calibration.texts,
-                batch_size=16,
-                max_batches=CALIBRATION_BATCHES,
-            )
-            base = self.candidates[BASELINE].path
-            assert base is not None
-            self._calibration_reader = CalibrationReader.for_model(base, feeds)
-        return self._calibration_reader
+    def _calibration(self, source: str = BASELINE) -> CalibrationReader:
+        """Calibration batches (never held out) fitted to the inputs of candidate ``source``'s graph."""
+        if source not in self._calibration_readers:
+            if self._calibration_feeds is None:
+                self._calibration_feeds = encode_calibration(
+                    self.tokenizer.encode,
+                    self.split.calibration.texts,
+                    batch_size=16,
+                    max_batches=CALIBRATION_BATCHES,
+                )
+            path = self.candidates[source].path
+            assert path is not None
+            self._calibration_readers[source] = CalibrationReader.for_model(path, self._calibration_feeds)
+        return self._calibration_readers[source]
 
     def search(self) -> None:
         plan = self._plan()
-        task = self.progress.add_task("search", total=len(plan))
+        structural = self._structural_plan()
+        total = len(plan) + sum(1 + len(s.children) for s in structural)
+        task = self.progress.add_task("search", total=total)
         for name, recipe in plan:
             self.progress.update(task, description=f"search: {name}")
             self._try(name, recipe)
             self.progress.advance(task, 1)
-        self.progress.update(task, description="search", completed=len(plan))
+        for candidate in structural:
+            self.progress.update(task, description=f"search: {candidate.name}")
+            passed = self._try_structural(candidate)
+            self.progress.advance(task, 1)
+            for child, recipe in candidate.children:
+                if passed:
+                    self.progress.update(task, description=f"search: {child}")
+                    self._try(child, recipe, parent=candidate.name)
+                else:
+                    summary = recipe_summary(
+                        [*self.candidates[candidate.name].record.recipe, recipe.model_dump()]
+                    )
+                    self.trace.add(
+                        child, summary, "not started", "skipped", f"{candidate.name} did not pass its screens"
+                    )
+                self.progress.advance(task, 1)
+        self.progress.update(task, description="search", completed=total)
 
-    def _try(self, name: str, recipe: Any, prebuilt: Path | None = None, seconds: float = 0.0) -> None:
-        """One candidate: make → parity gate → ranking screen (→ accuracy control) → held-out quality.
+    # -- structural candidates (PyTorch-level recipes, then export) ------------------------------
+
+    def _training_batches(self) -> list[Any]:
+        """Batches for distillation and recovery: calibration texts (with labels) plus unlabelled text,
+        never a held-out or ranking-screen text."""
+        if self._train_batches is None:
+            from kiln.optimize.torch_recipes import text_batches
+            from kiln.tasks.datasets import rotten_tomatoes
+
+            if self.opts.unlabelled is not None:
+                extra = read_unlabelled(self.opts.unlabelled, self.opts.text_column)
+            else:
+                extra = rotten_tomatoes().texts
+            calibration = self.split.calibration
+            labels = calibration.labels if self.task.name != EMBED else None
+            excluded = [*self.split.held_out.texts, *self.task.quality_texts(self.screen_split)]
+            texts, kept, unlabelled = training_texts(
+                calibration.texts, labels, extra, excluded, self.opts.seed
+            )
+            batches: list[Any] = []
+            if texts:
+                batches += text_batches(self.tokenizer, texts, 32, labels=kept)
+            if unlabelled:
+                batches += text_batches(self.tokenizer, unlabelled, 32)
+            order = np.random.default_rng(self.opts.seed).permutation(len(batches))
+            self._train_batches = [batches[i] for i in order]
+            self._train_note = (
+                f"{len(texts)} calibration texts{' with labels' if kept is not None else ''} + "
+                f"{len(unlabelled)} unlabelled texts "
+                f"({self.opts.unlabelled or 'bundled Rotten Tomatoes reviews'}); held-out and ranking "
+                "texts excluded"
+            )
+        return self._train_batches
+
+    def _try_structural(self, sc: StructuralCandidate) -> bool:
+        """Train/transform the reference in PyTorch, export, check the export against the transformed
+        module (exact), screen, evaluate. True when it passed (its quantized children are worth trying)."""
+        from kiln.optimize.torch_recipes import apply_torch_pipeline, param_count
+
+        steps = [s.model_dump() for s in sc.steps]  # type: ignore[attr-defined]
+        recipe = [*steps, self.export_recipe.model_dump()]
+        summary = recipe_summary(recipe)
+        if (stop := self._stop_reason()) is not None:
+            self.trace.add(sc.name, summary, "not started", "skipped", stop)
+            return False
+        self.trials += 1
+        path = self.work / f"{sc.name}.onnx"
+        c = _Candidate(VariantRecord(name=sc.name, format="onnx", recipe=recipe), path=path)
+        self.candidates[sc.name] = c
+        self.trace.add(sc.name, summary, "make", "kept")
+        with self.trace.timed(sc.name):
+            progress = self.progress.add_task(f"{sc.technique}: {sc.name}", total=1)
+
+            def on_progress(stage: str, done: int, total: int, loss: float) -> None:
+                shown = f" loss {loss:.4f}" if loss else ""
+                self.progress.update(
+                    progress, description=f"{sc.name}: {stage}{shown}", completed=done, total=max(total, 1)
+                )
+
+            try:
+                data = self._training_batches()
+                module = apply_torch_pipeline(self.reference.module, sc.steps, data, on_progress)
+                export_onnx(
+                    module,
+                    self.task.example_feed(self.tokenizer),
+                    path,
+                    self.export_recipe,
+                    self.task.graph_output,
+                )
+            except Exception as exc:  # an optional candidate that breaks (in training or export) is recorded
+                c.fail("failed", f"{sc.technique} failed: {type(exc).__name__}: {exc}")
+                self.trace.update(sc.name, outcome="failed", reason=c.record.reason or "")
+                return False
+            finally:
+                self.progress.update(progress, completed=1, total=1)
+            before, after = param_count(self.reference.module), param_count(module)
+            c.record.recipe[0]["parameters"] = f"{before:,} → {after:,}"
+            if sc.technique != "low-rank" or any("recovery" in s for s in steps):
+                c.record.recipe[0]["training_data"] = self._train_note
+            self.trace.update(sc.name, stage="parity gate")
+            c.record.scores.file_bytes = path.stat().st_size
+            runner = self.task.wrap_onnx(OnnxBackend(path, self.opts.threads), self.tokenizer)
+            assert self._parity_feeds is not None
+            c.record.parity = check_parity(
+                _ModuleRunner(module).run_encoded, runner.run_encoded, self._parity_feeds
+            )
+            if (why := judge_parity(c.record.parity, "exact")) is not None:
+                c.fail("failed", f"the export of the {sc.technique} result differs from it in PyTorch: {why}")
+                self.trace.update(sc.name, outcome="failed", reason=c.record.reason or "")
+                return False
+            c.embedder = runner
+            return self._screen_and_evaluate(c)
+
+    # -- one graph-level candidate ---------------------------------------------------------------
+
+    def _screen_and_evaluate(self, c: _Candidate, screen: Quality | None = None) -> bool:
+        """Ranking screen (unless ``screen`` is its result already), then, if not clearly over budget,
+        the held-out evaluation. True if kept within the budget."""
+        name = c.record.name
+        self.trace.update(name, stage="ranking screen")
+        assert c.embedder is not None
+        if screen is None:
+            screen = self._screen_quality(c.embedder)
+        if (why := screen_failure(screen, self.max_drop)) is not None:
+            c.fail("rejected", why)
+            c.embedder = None
+            self.trace.update(name, outcome="rejected", reason=why)
+            return False
+        self.trace.update(name, stage="held-out")
+        self._held_out(c)
+        self.full_evaluations += 1
+        q = c.record.scores.quality
+        assert q is not None
+        verdict = "within" if q.drop <= self.max_drop else "over"
+        self.trace.update(
+            name,
+            outcome="kept",
+            reason=f"held-out drop {q.drop:+.4f}, {verdict} the budget {self.max_drop:g}",
+        )
+        return q.drop <= self.max_drop
+
+    def _parity_vs_parent(self, c: _Candidate, parent: str) -> bool:
+        """A child of a structural candidate: lossy parity against its float parent's ONNX graph."""
+        assert c.path is not None and self._parity_feeds is not None
+        c.record.scores.file_bytes = c.path.stat().st_size
+        try:
+            runner = self.task.wrap_onnx(OnnxBackend(c.path, self.opts.threads), self.tokenizer)
+        except BundleError as exc:
+            c.fail("failed", str(exc))
+            return False
+        parent_runner = self.candidates[parent].embedder
+        assert parent_runner is not None
+        c.record.parity = check_parity(parent_runner.run_encoded, runner.run_encoded, self._parity_feeds)
+        if (why := judge_parity(c.record.parity, "lossy")) is not None:
+            c.fail("rejected", f"{why} (against {parent})")
+            return False
+        c.embedder = runner
+        return True
+
+    def _try(
+        self,
+        name: str,
+        recipe: Any,
+        prebuilt: Path | None = None,
+        seconds: float = 0.0,
+        parent: str = BASELINE,
+    ) -> None:
+        """One candidate: make → parity gate → ranking screen → held-out quality. A quantized candidate
+        that fails the parity gate or is over budget on the screen goes to accuracy control.
 
         ``prebuilt``: the file accuracy control already wrote with this recipe (no second quantization).
+        ``parent``: the candidate whose graph the recipe transforms (the float export, or a structural one).
         """
-        src = self.candidates[BASELINE].path
+        src = self.candidates[parent].path
         assert src is not None
-        steps = [self.export_recipe.model_dump(), recipe.model_dump()]
+        steps = [*self.candidates[parent].record.recipe, recipe.model_dump()]
         summary = recipe_summary(steps)
         if prebuilt is None and (stop := self._stop_reason()) is not None:
             self.trace.add(name, summary, "not started", "skipped", stop)
@@ -497,22 +739,23 @@ class _BuildRun:
         c = _Candidate(VariantRecord(name=name, format="onnx", recipe=steps), path=path)
         self.candidates[name] = c
         self.trace.add(name, summary, "make", "kept", seconds=round(seconds, 3))
+        repairable = prebuilt is None and isinstance(recipe, EXCLUDABLE)
         control = False
         with self.trace.timed(name):
             try:
                 if prebuilt is not None:
                     shutil.move(prebuilt, path)
                 elif isinstance(recipe, QuantizeStatic):
-                    recipe.apply(src, path, self._calibration())
+                    recipe.apply(src, path, self._calibration(parent))
+                else:
+                    recipe.apply(src, path)
                 if isinstance(recipe, QuantizeStatic) and not recipe.calibration_note:
                     note = (
-                        f"{self._calibration().samples} texts of the {self.split.calibration.name} "
+                        f"{self._calibration(parent).samples} texts of the {self.split.calibration.name} "
                         "calibration "
                         f"split (never the held-out split), {CALIBRATION_BATCHES} batches of 16 at most"
                     )
                     c.record.recipe[-1]["calibration_note"] = note
-                else:
-                    recipe.apply(src, path)
             except BuildError as exc:
                 c.fail("failed", str(exc))
                 self.trace.update(name, outcome="failed", reason=str(exc))
@@ -520,32 +763,33 @@ class _BuildRun:
             if isinstance(recipe, ConvertPrecision) and not self._precision_pays(c, recipe):
                 return
             self.trace.update(name, stage="parity gate")
-            if not self._parity(c):
+            ok = self._parity(c) if parent == BASELINE else self._parity_vs_parent(c, parent)
+            if not ok:
+                # a lossy graph that fails the gate is repaired, not dropped: accuracy control
+                control = repairable and c.record.status == "rejected"
+                if control:
+                    c.record.reason = f"{c.record.reason}; accuracy control follows"
                 self.trace.update(name, outcome=c.record.status, reason=c.record.reason or "")  # type: ignore[arg-type]
-                return
-            self.trace.update(name, stage="ranking screen")
-            assert c.embedder is not None
-            screen = self._screen_quality(c.embedder)
-            # over budget on the screen: accuracy control makes a variant that fits; clearly over
-            # (even the interval's optimistic end): this one is not worth the held-out evaluation
-            control = screen.drop > self.max_drop and prebuilt is None and isinstance(recipe, EXCLUDABLE)
-            if (why := screen_failure(screen, self.max_drop)) is not None:
-                c.fail("rejected", why)
-                c.embedder = None
-                self.trace.update(name, outcome="rejected", reason=why)
-            if c.record.status == "ok":
-                self.trace.update(name, stage="held-out")
-                self._held_out(c)
-                q = c.record.scores.quality
-                assert q is not None
-                verdict = "within" if q.drop <= self.max_drop else "over"
-                self.trace.update(
-                    name,
-                    outcome="kept",
-                    reason=f"held-out drop {q.drop:+.4f}, {verdict} the budget {self.max_drop:g}",
-                )
+            else:
+                assert c.embedder is not None
+                screen = self._screen_quality(c.embedder)
+                control = repairable and screen.drop > self.max_drop
+                if control:
+                    self._reject_for_control(c, screen)
+                else:
+                    self._screen_and_evaluate(c, screen)
         if control:
-            self._accuracy_control(name, recipe)
+            self._accuracy_control(name, recipe, parent)
+
+    def _reject_for_control(self, c: _Candidate, screen: Quality) -> None:
+        """Over budget on the ranking screen: not evaluated on the held-out split; accuracy control
+        follows."""
+        why = screen_failure(screen, self.max_drop) or (
+            f"ranking screen: quality drop {screen.drop:+.4f} is over the budget {self.max_drop:g}"
+        )
+        c.fail("rejected", f"{why}; accuracy control follows")
+        c.embedder = None
+        self.trace.update(c.record.name, stage="ranking screen", outcome="rejected", reason=c.record.reason)
 
     def _precision_pays(self, c: _Candidate, recipe: ConvertPrecision) -> bool:
         """On a CPU a half-precision graph is kept only if ORT runs it faster here (measured)."""
@@ -563,22 +807,22 @@ class _BuildRun:
         self.trace.update(c.record.name, outcome="rejected", reason=decision.reason)
         return False
 
-    def _accuracy_control(self, name: str, recipe: Any) -> None:
+    def _accuracy_control(self, name: str, recipe: Any, parent: str = BASELINE) -> None:
         """Return the most sensitive nodes to float, one group at a time, until the ranking screen
         passes; the result is a new candidate ``<name>-ac`` that then goes through the whole gate."""
         ac_name = f"{name}-ac"
-        src = self.candidates[BASELINE].path
+        src = self.candidates[parent].path
         bad = self.candidates[name].path
         assert src is not None and bad is not None
-        summary = recipe_summary([self.export_recipe.model_dump(), recipe.model_dump()])
+        summary = recipe_summary([*self.candidates[parent].record.recipe, recipe.model_dump()])
         if (stop := self._stop_reason()) is not None:
             self.trace.add(ac_name, summary + " + accuracy control", "not started", "skipped", stop)
             return
         self.trace.add(ac_name, summary + " + accuracy control", "sensitivity", "kept")
-        calibration = self._calibration() if isinstance(recipe, QuantizeStatic) else None
+        calibration = self._calibration(parent) if isinstance(recipe, QuantizeStatic) else None
         with self.trace.timed(ac_name):
             try:
-                feeds = self._calibration().feeds[:SENSITIVITY_BATCHES]
+                feeds = self._calibration(parent).feeds[:SENSITIVITY_BATCHES]
                 ranking = rank_sensitivity(src, bad, feeds, threads=self.opts.threads)
             except (BuildError, Exception) as exc:  # ORT raises plain exceptions on odd cut-outs
                 self.trace.update(ac_name, outcome="failed", reason=f"sensitivity ranking failed: {exc}")
@@ -624,7 +868,13 @@ class _BuildRun:
             f"float ({tried})"
         )
         assert result.path is not None
-        self._try(ac_name, result.recipe.model_copy(update={"why": why}), prebuilt=result.path, seconds=spent)
+        self._try(
+            ac_name,
+            result.recipe.model_copy(update={"why": why}),
+            prebuilt=result.path,
+            seconds=spent,
+            parent=parent,
+        )
 
     def latency(self) -> None:
         held_out = self.split.held_out.texts
@@ -649,6 +899,15 @@ class _BuildRun:
             for c in live:
                 is_ref = c.record.name == REFERENCE
                 try:
+                    if isinstance(self.task, ImageClassifyTask):
+                        ref_file = self.task.reference_file(self.model_dir)
+                        c.record.scores.peak_rss_mb = self.task.peak_rss_mb(
+                            "reference" if is_ref else "onnx",
+                            ref_file if is_ref else Path(str(c.path)),
+                            threads=self.opts.threads,
+                        )
+                        advance(1)
+                        continue
                     c.record.scores.peak_rss_mb = peak_rss_mb(
                         self.task.memory_probe if is_ref else "onnx",
                         str(self.model_dir if is_ref else c.path),
@@ -730,13 +989,25 @@ class _BuildRun:
             chosen=choice.name,
             chosen_reason=choice.reason,
             artifact="model.onnx",
+            # images: the input-side file is the preprocessing (also in task_config), not a tokenizer
+            tokenizer="tokenizer.json" if self.tok_path is not None else PREPROCESS_FILE,
         )
         # as it will read back from kiln.json (tuples become lists), so `kiln report` renders the same page
         manifest = Manifest.model_validate_json(manifest.model_dump_json())
         chosen_path = self.candidates[choice.name].path
         assert chosen_path is not None
-        files = {"model.onnx": chosen_path, "tokenizer.json": self.tok_path}
-        profile = self.reference_profile(choice.name)
+        files = {"model.onnx": chosen_path}
+        if self.tok_path is not None:
+            files["tokenizer.json"] = self.tok_path
+        else:
+            files[PREPROCESS_FILE] = self.work / PREPROCESS_FILE
+            files[PREPROCESS_FILE].write_text(
+                config.model_dump_json(include={"input_name", "input_shape", "input_dtype", "preprocess"}),
+                encoding="utf-8",
+            )
+        # the drift profile describes texts; images have none yet (task_config carries the preprocessing)
+        image = isinstance(self.task, ImageClassifyTask)
+        profile = None if image else self.reference_profile(choice.name)
         if profile is not None:
             files[PROFILE_NAME] = profile
         write_bundle(
@@ -770,3 +1041,17 @@ def _machine(cpu: str) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - build always has torch
         pass
     return info
+
+
+class _ModuleRunner:
+    """A PyTorch module run on encoded feeds, as the exporter called it (for the export's parity check)."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def run_encoded(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(*(torch.from_numpy(feed[name]) for name in INPUT_NAMES))
+        return np.asarray(out.float().numpy())
