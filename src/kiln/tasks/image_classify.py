@@ -45,6 +45,7 @@ from kiln.tasks.images import (
     CALIBRATION_PHOTOS,
     EVALUATION_PHOTOS,
     NO_CLASS,
+    SAMPLE_PREFIX,
     image_folder,
     labelled_views,
     load_item,
@@ -239,11 +240,17 @@ class ImageClassifyTask(Task):
 
     # -- the data ---------------------------------------------------------------------------------
 
-    def _label_names(self) -> list[str]:
-        return self._labels or list(IMAGENET_1K)
+    def _label_names(self, model_dir: Path) -> list[str]:
+        """The model's class names before its reference is loaded (the split comes first)."""
+        if self._labels:
+            return self._labels
+        path = model_dir / LABELS_FILE
+        if path.is_file():
+            return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return list(IMAGENET_1K)
 
     def eval_split(self, model_dir: Path, eval_samples: int | None, seed: int) -> EvalSplit:
-        labels = self._label_names()
+        labels = self._label_names(model_dir)
         if self.data_path is not None:
             return self._folder_split(self.data_path, labels, eval_samples, seed)
         n_held = min(N_HELD_OUT, eval_samples) if eval_samples else N_HELD_OUT
@@ -318,6 +325,9 @@ class ImageClassifyTask(Task):
 
     def quality(self, reference: np.ndarray, variant: np.ndarray, split: EvalSplit, seed: int) -> Quality:
         accepts = split.held_out.columns.get("accepts") or [""] * len(split.held_out)
+        sample_photos = all(t.startswith(SAMPLE_PREFIX) for t in split.held_out.texts)
+        if sample_photos and np.asarray(reference).shape[1] != len(IMAGENET_1K):
+            accepts = [""] * len(accepts)  # the photos' known classes are ImageNet-1k ids
         return image_quality(reference, variant, accepts, seed=seed)
 
     def serving_config(self, reference: Reference, max_length: int) -> ImageClassifyConfig:

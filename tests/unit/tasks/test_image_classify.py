@@ -180,3 +180,34 @@ def test_the_cnn_static_recipe_quantizes_activations_with_full_8_bit_weights() -
     assert recipe.per_channel and not recipe.reduce_range and recipe.calibration_method == "MinMax"
     assert recipe.op_types == CNN_OP_TYPES and "Clip" in recipe.op_types
     assert recipe.activation_type == "QInt8" and recipe.weight_type == "QInt8" and "CNN" in recipe.why
+
+
+def test_sample_photo_accuracy_only_for_imagenet_models(tmp_path: Path) -> None:
+    pytest.importorskip("skimage")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    task = ImageClassifyTask()
+    split = task.eval_split(tmp_path, eval_samples=40, seed=0)
+    assert split.held_out.label_names == ["a", "b", "c"]
+    small = np.eye(3)[np.arange(40) % 3]
+    assert "accuracy" not in task.quality(small, small, split, seed=0).extra
+    imagenet = np.zeros((40, 1000))
+    imagenet[:, 281] = 1.0
+    q = ImageClassifyTask().quality(imagenet, imagenet, split, seed=0)
+    assert q.extra["n_labelled"] > 0 and q.value == 1.0
+
+
+def test_folder_data_is_split_and_labelled_by_the_models_classes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    model_dir, data = tmp_path / "model", tmp_path / "data"
+    model_dir.mkdir()
+    (model_dir / "labels.txt").write_text("cat\ndog\n")
+    for i in range(60):
+        folder = data / ("cat" if i % 2 else "other")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), i, dtype=np.uint8)).save(folder / f"{i}.png")
+    split = ImageClassifyTask(data).eval_split(model_dir, eval_samples=None, seed=0)
+    assert (len(split.calibration), len(split.ranking or []), len(split.held_out)) == (16, 18, 26)
+    assert set(split.held_out.labels.tolist()) <= {0, NO_CLASS}
+    with pytest.raises(DataError, match="too few"):
+        ImageClassifyTask(data).eval_split(model_dir, eval_samples=30, seed=0)
