@@ -57,11 +57,13 @@ def check_parity(
     for feed in feeds:
         ref = reference(feed)
         out = variant(feed)
+        # text feeds: batch x tokens; other inputs (images, N x C x H x W): batch x last axis
+        shape = (feed["input_ids"] if "input_ids" in feed else next(iter(feed.values()))).shape
         if ref.shape != out.shape:
             checks.append(
                 ParityCheck(
-                    batch_size=int(feed["input_ids"].shape[0]),
-                    seq_len=int(feed["input_ids"].shape[1]),
+                    batch_size=int(shape[0]),
+                    seq_len=int(shape[-1]),
                     max_abs_diff=float("inf"),
                     min_cosine=-1.0,
                 )
@@ -69,8 +71,8 @@ def check_parity(
             continue
         checks.append(
             ParityCheck(
-                batch_size=int(feed["input_ids"].shape[0]),
-                seq_len=int(feed["input_ids"].shape[1]),
+                batch_size=int(shape[0]),
+                seq_len=int(shape[-1]),
                 max_abs_diff=float(np.max(np.abs(ref - out))),
                 min_cosine=float(np.min(_cosines(ref, out))),
             )
