@@ -369,15 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument(
         "--task",
         default="embed",
-        choices=["embed", "classify"],
-        help="what the model does: embed (sentence embeddings) or classify (a fine-tuned classifier)",
+        choices=["embed", "classify", "image-classify"],
+        help="what the model does: embed (sentence embeddings), classify (a fine-tuned text classifier) "
+        "or image-classify (a CNN: a folder with an .onnx, or efficientnet-lite0)",
     )
     pb.add_argument(
         "--data",
         default=None,
         metavar="FILE",
-        help="labelled evaluation data for --task classify: CSV, TSV, JSONL or Parquet with a text and a "
-        "label column (labels must be classes of the model's config id2label)",
+        help="labelled evaluation data: for --task classify a CSV, TSV, JSONL or Parquet with a text and a "
+        "label column (labels must be classes of the model's config id2label); for --task image-classify "
+        "a folder of images, one sub-folder per label",
     )
     pb.add_argument("--text-column", default="text", help="column of --data holding the text (default text)")
     pb.add_argument(

@@ -501,7 +501,7 @@ class _BuildRun:
             plan += [
                 ("onnx-int8-dynamic", int8_dynamic_for(self.cpu)),
                 ("onnx-int8-dynamic-per-tensor", int8_dynamic_per_tensor()),
-                ("onnx-int8-static", int8_static_for(self.cpu)),
+                ("onnx-int8-static", self._static_recipe()),
                 ("onnx-int4", int4_for(self.cpu)),
             ]
         if "precision" in self.opts.techniques:
@@ -512,6 +512,15 @@ class _BuildRun:
                 )
             )
         return plan
+
+    def _static_recipe(self) -> QuantizeStatic:
+        """Static INT8 for this task: CNNs quantize activations and clips too (the task's recipe); text
+        models also quantize their embedding tables (``Gather``), most of a small encoder's bytes."""
+        if isinstance(self.task, ImageClassifyTask):
+            from kiln.tasks.image_classify import int8_static_cnn
+
+            return int8_static_cnn(self.cpu)
+        return int8_static_for(self.cpu, op_types=("MatMul", "Gemm", "Gather"))
 
     def _structural_plan(self) -> list[StructuralCandidate]:
         from kiln.optimize.distill import layer_stack
@@ -695,6 +704,17 @@ class _BuildRun:
         )
         return q.drop <= self.max_drop
 
+    def _lossy_parity_reason(self, runner: Runner, parent: str) -> str | None:
+        """Why a lossy graph derived from ``parent`` fails the parity gate, or None."""
+        assert self._parity_feeds is not None
+        if parent == BASELINE:
+            checks = check_parity(self.reference.run_encoded, runner.run_encoded, self._parity_feeds)
+            return self.task.judge_parity(checks, "lossy", self.reference, runner, self.split)
+        parent_runner = self.candidates[parent].embedder
+        assert parent_runner is not None
+        checks = check_parity(parent_runner.run_encoded, runner.run_encoded, self._parity_feeds)
+        return judge_parity(checks, "lossy")
+
     def _parity_vs_parent(self, c: _Candidate, parent: str) -> bool:
         """A child of a structural candidate: lossy parity against its float parent's ONNX graph."""
         assert c.path is not None and self._parity_feeds is not None
@@ -832,9 +852,12 @@ class _BuildRun:
             probe = self.work / f"{ac_name}-probe.onnx"
 
             def passes(path: Path) -> bool:
+                # what the repaired graph must pass next: the parity gate and the ranking screen
                 try:
                     runner = self.task.wrap_onnx(OnnxBackend(path, self.opts.threads), self.tokenizer)
                 except BundleError:
+                    return False
+                if self._lossy_parity_reason(runner, parent) is not None:
                     return False
                 return self._screen_quality(runner).drop <= self.max_drop
 

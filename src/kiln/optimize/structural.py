@@ -86,7 +86,7 @@ def structural_candidates(
     def quantized(prefix: str) -> tuple[tuple[str, Any], ...]:
         return (
             (f"{prefix}-int8-dynamic", int8_dynamic_for(cpu)),
-            (f"{prefix}-int8-static", int8_static_for(cpu)),
+            (f"{prefix}-int8-static", int8_static_for(cpu, op_types=("MatMul", "Gemm", "Gather"))),
         )
 
     out: list[StructuralCandidate] = []
@@ -95,7 +95,7 @@ def structural_candidates(
         name = f"distill-L{layers}"
         recipe = Distill(
             num_layers=layers,
-            budget=TrainBudget(max_steps=600, max_seconds=train_seconds, lr=1e-4),
+            budget=TrainBudget(max_steps=2000, max_seconds=train_seconds, lr=1e-4),
             loss=loss,
         )
         out.append(StructuralCandidate(name, "distill", (recipe,), quantized(name)))

@@ -30,8 +30,12 @@ CALIBRATION_FRACTION = 0.1
 RANKING_FRACTION = 0.3
 MIN_TOP1_AGREEMENT = 0.98
 """Lossy variants must name the reference's class on at least this share of the ranking texts."""
-MIN_LOGIT_COSINE = 0.99
-"""...and keep every row's logits within this cosine of the reference's on the parity shapes."""
+MIN_LOGIT_COSINE = 0.95
+"""...and keep every row's logits within this cosine of the reference's on the parity shapes. The gate
+catches broken graphs (wrong outputs, collapsed logits); how much accuracy a variant loses is the
+held-out evaluation's call, against ``--max-quality-drop``. (At 0.99, INT8 graphs of a fine-tuned
+MiniLM whose top-1 agreement and accuracy were fine were turned away: two-class logit vectors move in
+angle more than in decision.)"""
 MAX_AGREEMENT_TEXTS = 512
 
 
