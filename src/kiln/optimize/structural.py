@@ -86,7 +86,7 @@ def structural_candidates(
     def quantized(prefix: str) -> tuple[tuple[str, Any], ...]:
         return (
             (f"{prefix}-int8-dynamic", int8_dynamic_for(cpu)),
-            (f"{prefix}-int8-static", int8_static_for(cpu, op_types=("MatMul", "Gemm", "Gather"))),
+            (f"{prefix}-int8-static", int8_static_for(cpu)),
         )
 
     out: list[StructuralCandidate] = []
