@@ -35,6 +35,8 @@ def test_real_classifier_builds_and_keeps_its_accuracy(tmp_path: Path) -> None:
             eval_samples=800,
             latency_seconds=0.5,
             measure_memory=False,
+            # the quick search: training runs on the real model take minutes (benchmarks/classify_search.py)
+            techniques=("quantize", "precision"),
         ),
         console=Console(record=True, width=200),
     )
