@@ -314,6 +314,7 @@ class _BuildRun:
         self._train_batches: list[Any] | None = None
         self._train_note = ""
         self.full_evaluations = 0
+        self.screen_drops: dict[str, float] = {}
 
     def _split_summary(self) -> str:
         s = self.split
@@ -578,9 +579,14 @@ class _BuildRun:
                     summary = recipe_summary(
                         [*self.candidates[candidate.name].record.recipe, recipe.model_dump()]
                     )
-                    self.trace.add(
-                        child, summary, "not started", "skipped", f"{candidate.name} did not pass its screens"
+                    drop = self.screen_drops.get(candidate.name)
+                    why = (
+                        f"{candidate.name} did not pass its gates"
+                        if drop is None
+                        else f"{candidate.name} is over budget on the ranking screen (drop {drop:+.4f}): "
+                        "quantizing it would not bring it back"
                     )
+                    self.trace.add(child, summary, "not started", "skipped", why)
                 self.progress.advance(task, 1)
         self.progress.update(task, description="search", completed=total)
 
@@ -661,7 +667,7 @@ class _BuildRun:
                 self.progress.update(progress, completed=1, total=1)
             before, after = param_count(self.reference.module), param_count(module)
             c.record.recipe[0]["parameters"] = f"{before:,} → {after:,}"
-            if sc.technique != "low-rank" or any("recovery" in s for s in steps):
+            if sc.technique != "low-rank" or any(s.get("recovery") for s in steps):
                 c.record.recipe[0]["training_data"] = self._train_note
             self.trace.update(sc.name, stage="parity gate")
             c.record.scores.file_bytes = path.stat().st_size
@@ -681,12 +687,14 @@ class _BuildRun:
 
     def _screen_and_evaluate(self, c: _Candidate, screen: Quality | None = None) -> bool:
         """Ranking screen (unless ``screen`` is its result already), then, if not clearly over budget,
-        the held-out evaluation. True if kept within the budget."""
+        the held-out evaluation. True if the *screen* is within the budget: search decisions (such as
+        trying a structural candidate's INT8 children) never look at the held-out split."""
         name = c.record.name
         self.trace.update(name, stage="ranking screen")
         assert c.embedder is not None
         if screen is None:
             screen = self._screen_quality(c.embedder)
+        self.screen_drops[name] = screen.drop
         if (why := screen_failure(screen, self.max_drop)) is not None:
             c.fail("rejected", why)
             c.embedder = None
@@ -703,7 +711,7 @@ class _BuildRun:
             outcome="kept",
             reason=f"held-out drop {q.drop:+.4f}, {verdict} the budget {self.max_drop:g}",
         )
-        return q.drop <= self.max_drop
+        return screen.drop <= self.max_drop
 
     def _lossy_parity_reason(self, runner: Runner, parent: str) -> str | None:
         """Why a lossy graph derived from ``parent`` fails the parity gate, or None."""
