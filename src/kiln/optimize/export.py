@@ -8,6 +8,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +24,30 @@ def export_onnx(
     """Export ``module`` (called with INPUT_NAMES in order) with dynamic batch and sequence axes."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=1, max=8192)
-    args = tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES)
-    dynamic = {name: {0: batch, 1: seq} for name in INPUT_NAMES}
+    return dynamo_export(
+        module,
+        tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
+        dst,
+        input_names=list(INPUT_NAMES),
+        dynamic_shapes={name: {0: batch, 1: seq} for name in INPUT_NAMES},
+        output_name=output_name,
+        opset=recipe.opset,
+        optimize=recipe.optimize,
+    )
+
+
+def dynamo_export(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    dst: Path,
+    input_names: list[str],
+    dynamic_shapes: Any,
+    output_name: str,
+    opset: int,
+    optimize: bool,
+) -> Path:
+    """``torch.onnx.export(dynamo=True)`` with its chatter silenced, saved to ``dst``; every exporter
+    failure becomes a :class:`BuildError` carrying the tail of what it printed."""
     noise = io.StringIO()
     try:
         with (
@@ -38,11 +61,11 @@ def export_onnx(
                 module,
                 args,
                 dynamo=True,
-                dynamic_shapes=dynamic,
-                input_names=list(INPUT_NAMES),
+                dynamic_shapes=dynamic_shapes,
+                input_names=input_names,
                 output_names=[output_name],
-                opset_version=recipe.opset,
-                optimize=recipe.optimize,
+                opset_version=opset,
+                optimize=optimize,
                 verbose=False,
             )
             if program is None:

@@ -8,11 +8,7 @@ it is never called; ReLU6 exports to ONNX as ``Clip`` as it is.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
-import logging
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +17,7 @@ import numpy as np
 import torch
 
 from kiln.errors import BuildError, TaskError
+from kiln.optimize.export import dynamo_export
 from kiln.runtime.image_preprocess import ImagePreprocessor
 from kiln.runtime.onnx_backend import OnnxBackend
 
@@ -168,32 +165,13 @@ def export_image_onnx(
     if others:
         raise BuildError(f"an image classifier takes one input; the example feed has {list(example)}")
     batch = torch.export.Dim("batch", min=1, max=4096)
-    noise = io.StringIO()
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(noise),
-            contextlib.redirect_stderr(noise),
-        ):
-            warnings.simplefilter("ignore")
-            logging.getLogger("torch").setLevel(logging.ERROR)
-            program = torch.onnx.export(
-                module,
-                (torch.from_numpy(np.ascontiguousarray(array)),),
-                dynamo=True,
-                dynamic_shapes=({0: batch},),
-                input_names=[name],
-                output_names=[output_name],
-                opset_version=opset,
-                optimize=optimize,
-                verbose=False,
-            )
-            if program is None:
-                raise BuildError("torch.onnx.export returned no program")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            program.save(str(dst))
-    except BuildError:
-        raise
-    except Exception as exc:  # the exporter raises a wide variety of internal errors
-        raise BuildError(f"ONNX export failed: {exc}\n{noise.getvalue()[-2000:]}") from exc
-    return dst
+    return dynamo_export(
+        module,
+        (torch.from_numpy(np.ascontiguousarray(array)),),
+        dst,
+        input_names=[name],
+        dynamic_shapes=({0: batch},),
+        output_name=output_name,
+        opset=opset,
+        optimize=optimize,
+    )
