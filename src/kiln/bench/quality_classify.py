@@ -78,6 +78,18 @@ def top1_agreement(reference: np.ndarray, variant: np.ndarray) -> float:
     return float(np.mean(ref.argmax(axis=1) == var.argmax(axis=1)))
 
 
+def agreement_failure(reference: np.ndarray, variant: np.ndarray, limit: float, items: str) -> str | None:
+    """The lossy parity gate's top-1 verdict: why ``variant`` names the reference's class too rarely on
+    these rows (``items`` says what they are: "ranking texts"), or None."""
+    agreement = top1_agreement(reference, variant)
+    if agreement >= limit:
+        return None
+    return (
+        f"parity gate (lossy): top-1 agreement with the reference {agreement:.3f} on "
+        f"{len(reference)} {items} (limit {limit})"
+    )
+
+
 def slice_accuracy(correct: np.ndarray, slices: Mapping[str, Sequence[str]]) -> dict[str, float]:
     """``accuracy[name=value]`` and ``n[name=value]`` for every slice value (empty values skipped)."""
     out: dict[str, float] = {}

@@ -35,7 +35,7 @@ from kiln.analyze.safety import refuse_unsafe
 from kiln.bench.latency import interleaved_latency
 from kiln.bench.memory import peak_rss_mb
 from kiln.bench.parity import check_parity, judge_parity, parity_inputs
-from kiln.bench.scores import Quality, VariantRecord
+from kiln.bench.scores import ParityCheck, Quality, VariantRecord
 from kiln.bundle.card import model_card
 from kiln.bundle.load import load_bundle
 from kiln.bundle.manifest import EvalRecord, Manifest, SourceRecord
@@ -313,7 +313,6 @@ class _BuildRun:
         self._calibration_readers: dict[str, CalibrationReader] = {}
         self._train_batches: list[Any] | None = None
         self._train_note = ""
-        self.full_evaluations = 0
         self.screen_drops: dict[str, float] = {}
 
     def _split_summary(self) -> str:
@@ -402,8 +401,8 @@ class _BuildRun:
 
     # -- evaluation of one candidate -------------------------------------------------------------
 
-    def _parity(self, c: _Candidate) -> bool:
-        """The parity gate for one ONNX candidate; on success its runner is loaded."""
+    def _parity(self, c: _Candidate, parent: str = BASELINE) -> bool:
+        """The parity gate for one ONNX candidate made from ``parent``; on success its runner is loaded."""
         if self._parity_feeds is None:
             texts = self.task.parity_texts(self.split)
             if isinstance(self.tokenizer, ImagePreprocessor):
@@ -417,16 +416,29 @@ class _BuildRun:
         except BundleError as exc:
             c.fail("failed", str(exc))
             return False
-        c.record.parity = check_parity(self.reference.run_encoded, embedder.run_encoded, self._parity_feeds)
         lossy = any(r.get("precision") == "lossy" for r in c.record.recipe)
-        reason = self.task.judge_parity(
-            c.record.parity, "lossy" if lossy else "exact", self.reference, embedder, self.split
-        )
+        c.record.parity, reason = self._judge_parity(embedder, parent, "lossy" if lossy else "exact")
         if reason:
             c.fail("rejected", reason)
             return False
         c.embedder = embedder
         return True
+
+    def _judge_parity(
+        self, runner: Runner, parent: str, precision: Literal["exact", "lossy"]
+    ) -> tuple[list[ParityCheck], str | None]:
+        """``runner``'s parity checks and why it fails the gate (None if it passes): against the
+        reference, judged by the task, for a graph made from the float export; against the parent's
+        float graph, by the generic tolerances, for a child of a structural candidate."""
+        assert self._parity_feeds is not None
+        if parent == BASELINE:
+            checks = check_parity(self.reference.run_encoded, runner.run_encoded, self._parity_feeds)
+            return checks, self.task.judge_parity(checks, precision, self.reference, runner, self.split)
+        parent_runner = self.candidates[parent].embedder
+        assert parent_runner is not None
+        checks = check_parity(parent_runner.run_encoded, runner.run_encoded, self._parity_feeds)
+        why = judge_parity(checks, precision)
+        return checks, None if why is None else f"{why} (against {parent})"
 
     def _held_out(self, c: _Candidate) -> None:
         """Quality on the held-out split (the number the manifest reports)."""
@@ -702,7 +714,6 @@ class _BuildRun:
             return False
         self.trace.update(name, stage="held-out")
         self._held_out(c)
-        self.full_evaluations += 1
         q = c.record.scores.quality
         assert q is not None
         verdict = "within" if q.drop <= self.max_drop else "over"
@@ -712,35 +723,6 @@ class _BuildRun:
             reason=f"held-out drop {q.drop:+.4f}, {verdict} the budget {self.max_drop:g}",
         )
         return screen.drop <= self.max_drop
-
-    def _lossy_parity_reason(self, runner: Runner, parent: str) -> str | None:
-        """Why a lossy graph derived from ``parent`` fails the parity gate, or None."""
-        assert self._parity_feeds is not None
-        if parent == BASELINE:
-            checks = check_parity(self.reference.run_encoded, runner.run_encoded, self._parity_feeds)
-            return self.task.judge_parity(checks, "lossy", self.reference, runner, self.split)
-        parent_runner = self.candidates[parent].embedder
-        assert parent_runner is not None
-        checks = check_parity(parent_runner.run_encoded, runner.run_encoded, self._parity_feeds)
-        return judge_parity(checks, "lossy")
-
-    def _parity_vs_parent(self, c: _Candidate, parent: str) -> bool:
-        """A child of a structural candidate: lossy parity against its float parent's ONNX graph."""
-        assert c.path is not None and self._parity_feeds is not None
-        c.record.scores.file_bytes = c.path.stat().st_size
-        try:
-            runner = self.task.wrap_onnx(OnnxBackend(c.path, self.opts.threads), self.tokenizer)
-        except BundleError as exc:
-            c.fail("failed", str(exc))
-            return False
-        parent_runner = self.candidates[parent].embedder
-        assert parent_runner is not None
-        c.record.parity = check_parity(parent_runner.run_encoded, runner.run_encoded, self._parity_feeds)
-        if (why := judge_parity(c.record.parity, "lossy")) is not None:
-            c.fail("rejected", f"{why} (against {parent})")
-            return False
-        c.embedder = runner
-        return True
 
     def _try(
         self,
@@ -792,7 +774,7 @@ class _BuildRun:
             if isinstance(recipe, ConvertPrecision) and not self._precision_pays(c, recipe):
                 return
             self.trace.update(name, stage="parity gate")
-            ok = self._parity(c) if parent == BASELINE else self._parity_vs_parent(c, parent)
+            ok = self._parity(c, parent)
             if not ok:
                 # a lossy graph that fails the gate is repaired, not dropped: accuracy control
                 control = repairable and c.record.status == "rejected"
@@ -866,7 +848,7 @@ class _BuildRun:
                     runner = self.task.wrap_onnx(OnnxBackend(path, self.opts.threads), self.tokenizer)
                 except BundleError:
                     return False
-                if self._lossy_parity_reason(runner, parent) is not None:
+                if self._judge_parity(runner, parent, "lossy")[1] is not None:
                     return False
                 return self._screen_quality(runner).drop <= self.max_drop
 

@@ -15,7 +15,12 @@ from typing import Literal
 
 import numpy as np
 
-from kiln.bench.quality_classify import LENGTH_SLICE, classify_quality, length_bucket, top1_agreement
+from kiln.bench.quality_classify import (
+    LENGTH_SLICE,
+    agreement_failure,
+    classify_quality,
+    length_bucket,
+)
 from kiln.bench.scores import ParityCheck, Quality
 from kiln.errors import DataError, TaskError
 from kiln.runtime.embedder import OnnxEmbedder
@@ -164,13 +169,9 @@ class ClassifyTask(Task):
         texts = self.parity_texts(split)[:MAX_AGREEMENT_TEXTS]
         if self._reference_ranking is None:
             self._reference_ranking = reference.embed(texts)
-        agreement = top1_agreement(self._reference_ranking, variant.embed(texts))
-        if agreement < MIN_TOP1_AGREEMENT:
-            return (
-                f"parity gate (lossy): top-1 agreement with the reference {agreement:.3f} on "
-                f"{len(texts)} ranking texts (limit {MIN_TOP1_AGREEMENT})"
-            )
-        return None
+        return agreement_failure(
+            self._reference_ranking, variant.embed(texts), MIN_TOP1_AGREEMENT, "ranking texts"
+        )
 
     def quality_texts(self, split: EvalSplit) -> list[str]:
         return split.held_out.texts

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from kiln.bench.memory import _child_env
 from kiln.bench.parity import judge_parity
-from kiln.bench.quality_classify import top1_agreement
+from kiln.bench.quality_classify import agreement_failure
 from kiln.bench.scores import ParityCheck, Quality
 from kiln.bench.stats import bootstrap_diff_ci
 from kiln.errors import BuildError, DataError, TaskError
@@ -315,13 +315,9 @@ class ImageClassifyTask(Task):
         items = self.parity_texts(split)
         if self._reference_ranking is None:
             self._reference_ranking = reference.embed(items)
-        agreement = top1_agreement(self._reference_ranking, variant.embed(items))
-        if agreement < MIN_TOP1_AGREEMENT:
-            return (
-                f"parity gate (lossy): top-1 agreement with the reference {agreement:.3f} on "
-                f"{len(items)} ranking images (limit {MIN_TOP1_AGREEMENT})"
-            )
-        return None
+        return agreement_failure(
+            self._reference_ranking, variant.embed(items), MIN_TOP1_AGREEMENT, "ranking images"
+        )
 
     def quality(self, reference: np.ndarray, variant: np.ndarray, split: EvalSplit, seed: int) -> Quality:
         accepts = split.held_out.columns.get("accepts") or [""] * len(split.held_out)
