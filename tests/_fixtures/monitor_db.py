@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,15 @@ def migrate_concurrently(url: str, n: int) -> list[BaseException]:
     for t in threads:
         t.join()
     return errors
+
+
+def query(url: str, sql: str) -> list[Any]:
+    """Rows of ``sql`` run on the database at ``url`` (a fresh engine, disposed after)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql)).all())
+    finally:
+        engine.dispose()

@@ -11,11 +11,10 @@ import pytest
 
 pytest.importorskip("sqlalchemy")
 
-from sqlalchemy import create_engine, text  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
-from _fixtures.monitor_db import monitor_db_url, postgres_url  # noqa: E402, F401
+from _fixtures.monitor_db import monitor_db_url, postgres_url, query  # noqa: E402, F401
 from kiln.bundle.load import load_bundle  # noqa: E402
 from kiln.serve.access_log import KEY_ID_KEY  # noqa: E402
 from kiln.serve.app import create_app  # noqa: E402
@@ -41,15 +40,6 @@ class WithKeyId:
 
 def v2_body(texts: list[str]) -> dict[str, Any]:
     return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
-
-
-def query(url: str, sql: str) -> list[Any]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql)).all())
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ import pytest
 pytest.importorskip("sqlalchemy")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
+from _fixtures.monitor_db import query  # noqa: E402
 from _fixtures.monitor_profile import CLASSES, classify_bundle_with_profile  # noqa: E402
 from kiln.bundle.load import load_bundle  # noqa: E402
 from kiln.serve.app import create_app  # noqa: E402
@@ -44,15 +44,6 @@ GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 def digest(t: str) -> str:
     return hashlib.sha256(t.encode()).hexdigest()
-
-
-def query(url: str, sql: str) -> list[Any]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql)).all())
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
