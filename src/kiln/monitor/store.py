@@ -24,6 +24,8 @@ advisory lock on PostgreSQL), so servers starting together migrate once.
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -167,11 +169,28 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def _set_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: switching a new file to WAL needs its exclusive lock, and
+    SQLite answers "database is locked" at once (no busy handler) while another connection opening the
+    same new file holds it. Retried with a short backoff for up to the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
