@@ -7,6 +7,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,37 @@ def export_onnx(
     """Export ``module`` (called with INPUT_NAMES in order) with dynamic batch and sequence axes."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=1, max=8192)
-    return dynamo_export(
-        module,
-        tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
-        dst,
-        input_names=list(INPUT_NAMES),
-        dynamic_shapes={name: {0: batch, 1: seq} for name in INPUT_NAMES},
-        output_name=output_name,
-        opset=recipe.opset,
-        optimize=recipe.optimize,
-    )
+    with eager_attention(module):
+        return dynamo_export(
+            module,
+            tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
+            dst,
+            input_names=list(INPUT_NAMES),
+            dynamic_shapes={name: {0: batch, 1: seq} for name in INPUT_NAMES},
+            output_name=output_name,
+            opset=recipe.opset,
+            optimize=recipe.optimize,
+        )
+
+
+@contextlib.contextmanager
+def eager_attention(module: torch.nn.Module) -> Iterator[None]:
+    """Trace transformers models with their plain ("eager") attention, restored afterwards.
+
+    The SDPA path computes the same thing but exports as a longer graph (NaN guards, a gathered mask)
+    that ONNX Runtime runs slower at batch 1 and that :mod:`kiln.optimize.fusion` cannot fold."""
+    configs = []
+    for sub in module.modules():
+        config = getattr(sub, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", None) not in (None, "eager"):
+            configs.append((config, config._attn_implementation))
+    try:
+        for config, _ in configs:
+            config._attn_implementation = "eager"
+        yield
+    finally:
+        for config, previous in configs:
+            config._attn_implementation = previous
 
 
 def dynamo_export(
