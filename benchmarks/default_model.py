@@ -27,7 +27,6 @@ from kiln.bench.quality import embed_quality
 from kiln.bundle.load import load_bundle
 from kiln.default_job import default_bundle_dir, run_default
 from kiln.runtime.embedder import OnnxEmbedder
-from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
 from kiln.tasks.datasets import rotten_tomatoes, stratified_split
 from kiln.tasks.embed_torch import TorchEmbedder
@@ -86,7 +85,7 @@ def main() -> None:
     tok = TextTokenizer(bundle.tokenizer_path, int(cfg["max_length"]))
     source = Path(m.source.path)
     ref = TorchEmbedder(source, tok)
-    chosen = OnnxEmbedder(OnnxBackend(bundle.artifact_path), tok)
+    chosen = OnnxEmbedder(bundle.backend(), tok)
 
     data = rotten_tomatoes(max_samples=args.eval_samples, seed=1)  # another sample than the build's
     train, test = stratified_split(data, seed=1)

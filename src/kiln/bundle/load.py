@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from kiln.bundle.hashing import sha256_file
 from kiln.bundle.manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest
 from kiln.errors import BundleError
+from kiln.runtime.onnx_backend import OnnxBackend
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class Bundle:
     @property
     def tokenizer_path(self) -> Path:
         return self.root / self.manifest.tokenizer
+
+    def backend(self, threads: int = 0, spinning: bool = True) -> OnnxBackend:
+        """The artifact in an ONNX Runtime session with the settings the build measured it with."""
+        return OnnxBackend(self.artifact_path, threads, self.manifest.runtime, spinning)
 
 
 def _inside(root: Path, rel: str) -> Path:

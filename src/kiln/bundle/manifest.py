@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from kiln.bench.scores import VariantRecord
+from kiln.runtime.onnx_backend import SessionSettings
 
 MANIFEST_NAME = "kiln.json"
 SCHEMA_VERSION = 1
@@ -54,6 +55,10 @@ class Manifest(BaseModel):
     chosen: str
     chosen_reason: str
     artifact: str = Field(description="the chosen model file, relative to the bundle")
+    runtime: SessionSettings = Field(
+        default_factory=SessionSettings,
+        description="ONNX Runtime settings every variant was measured with; servers load the artifact so",
+    )
     tokenizer: str = "tokenizer.json"
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256 of every file")
 

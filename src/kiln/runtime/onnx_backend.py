@@ -3,30 +3,66 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict
 
 from kiln.errors import BundleError
 
+# ORT's load-time fusions a bundle may switch off (ORT itself ignores names it does not know).
+OrtFusion = Literal[
+    "SkipLayerNormFusion",
+    "BiasGeluFusion",
+    "GeluFusion",
+    "LayerNormFusion",
+    "AttentionFusion",
+    "EmbedLayerNormFusion",
+]
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
+
+class SessionSettings(BaseModel):
+    """ONNX Runtime settings a bundle's model was measured with (recorded in its manifest).
+
+    ``disabled_optimizers``: load-time graph rewrites ORT must not apply, because on the CPU the build
+    ran on the fused kernel they produce is slower than the operators it replaces
+    (:mod:`kiln.runtime.session_tuning` measures it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    disabled_optimizers: tuple[OrtFusion, ...] = ()
+    why: str = ""
+
+
+def session_options(threads: int = 0, spinning: bool = True) -> ort.SessionOptions:
+    """``spinning=False``: worker threads sleep between operators instead of spinning. Needed when
+    several sessions take turns on the same cores (interleaved timing): an idle session's spinning
+    threads would otherwise steal the cores from the one being timed."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
 class OnnxBackend:
     """Loads one ``.onnx`` file on the CPU execution provider."""
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, threads: int = 0, settings: SessionSettings | None = None, spinning: bool = True
+    ) -> None:
         self.path = Path(path)
+        self.settings = settings or SessionSettings()
         try:
             self.session = ort.InferenceSession(
-                str(self.path), session_options(threads), providers=["CPUExecutionProvider"]
+                str(self.path),
+                session_options(threads, spinning),
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=list(self.settings.disabled_optimizers) or None,
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise BundleError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc

@@ -13,7 +13,6 @@ from kiln.bench.quality_classify import softmax
 from kiln.bundle.load import Bundle
 from kiln.errors import BundleError, TaskError
 from kiln.runtime.embedder import OnnxEmbedder
-from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
 from kiln.serve.dataplane import ModelInfo, TensorSpec, TextModel
 from kiln.tasks.classify_config import TASK_NAME as CLASSIFY
@@ -117,7 +116,7 @@ def load_embed_model(
     ``text_overflow="reject"``: the model counts tokens before truncation, so that the dataplane can
     refuse texts longer than ``max_length``."""
     config = embed_config(bundle)
-    backend = OnnxBackend(bundle.artifact_path, threads=threads)
+    backend = bundle.backend(threads)
     tokenizer = TextTokenizer(bundle.tokenizer_path, max_length=config.max_length)
     model = EmbedModel(OnnxEmbedder(backend, tokenizer), _untruncated(bundle, text_overflow))
     out = model.embed([WARMUP_TEXT])
@@ -185,7 +184,7 @@ def load_classify_model(
 ) -> tuple[ModelInfo, ClassifyModel]:
     """Open a classify bundle, run one warm-up text and check it returns one score per class."""
     config = classify_config(bundle)
-    backend = OnnxBackend(bundle.artifact_path, threads=threads)
+    backend = bundle.backend(threads)
     tokenizer = TextTokenizer(bundle.tokenizer_path, max_length=config.max_length)
     model = ClassifyModel(
         OnnxEmbedder(backend, tokenizer), config.labels, _untruncated(bundle, text_overflow)
