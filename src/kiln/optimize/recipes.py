@@ -33,14 +33,18 @@ class ExportOnnx(_Recipe):
 
 
 class QuantizeDynamic(_Recipe):
-    """ONNX Runtime dynamic INT8 quantization: MatMul weights (activations quantized at run time) and
-    Gather tables (the token embeddings, a third of a small encoder's bytes; dequantized on lookup)."""
+    """ONNX Runtime dynamic INT8 quantization: MatMul and fused Attention weights (activations quantized
+    at run time) and Gather tables (the token embeddings, a third of a small encoder's bytes; dequantized
+    on lookup). ``embeddings="int4"`` first packs the token-embedding tables to 4 bits
+    (:class:`~kiln.optimize.embed4.QuantizeEmbedding4`: half of INT8's bytes, standard operators)."""
 
     kind: Literal["int8-dynamic"] = "int8-dynamic"
     per_channel: bool = True
     reduce_range: bool = False
     weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
-    op_types: tuple[str, ...] = ("MatMul", "Gather")
+    op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather")
+    embeddings: Literal["int8", "int4"] = "int8"
+    embedding_block_size: int = Field(default=128, ge=16)
     nodes_to_exclude: tuple[str, ...] = ()
     why: str = ""
     precision: Literal["lossy"] = "lossy"
@@ -48,23 +52,36 @@ class QuantizeDynamic(_Recipe):
     def apply(self, src: Path, dst: Path) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        source, exclude = src, list(self.nodes_to_exclude)
+        if self.embeddings == "int4":
+            import onnx
+
+            from kiln.optimize.embed4 import QuantizeEmbedding4
+
+            source = dst.with_name(f"{dst.stem}.emb4.onnx")
+            QuantizeEmbedding4(block_size=self.embedding_block_size).apply(src, source)
+            # the packed tables' lookups (a Gather of uint8 codes, of float16 scales) stay as they are
+            graph = onnx.load(str(source), load_external_data=False).graph
+            exclude += [n.name for n in graph.node if n.name.startswith("kiln_emb4_")]
         quiet = logging.getLogger()  # ORT logs a pre-processing suggestion on the root logger
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
             quantize_dynamic(
-                model_input=src,
+                model_input=source,
                 model_output=dst,
                 op_types_to_quantize=list(self.op_types),
                 per_channel=self.per_channel,
                 reduce_range=self.reduce_range,
                 weight_type=QuantType[self.weight_type],
-                nodes_to_exclude=list(self.nodes_to_exclude),
+                nodes_to_exclude=exclude,
             )
         except Exception as exc:  # ORT quantization raises plain exceptions
             raise BuildError(f"INT8 dynamic quantization of {src.name} failed: {exc}") from exc
         finally:
             quiet.setLevel(level)
+            if source != src:
+                source.unlink(missing_ok=True)
         return dst
 
 
@@ -74,16 +91,23 @@ Recipe = Annotated[
 ]
 
 
-def int8_dynamic_for(cpu: CpuInfo) -> QuantizeDynamic:
+def int8_dynamic_for(cpu: CpuInfo, embeddings: Literal["int8", "int4"] = "int8") -> QuantizeDynamic:
     """Per-channel signed weights always (per-tensor loses too much on transformer MatMuls); 7-bit
     weights (``reduce_range``) where the CPU lacks VNNI, so AVX2's U8S8 16-bit accumulation cannot
-    saturate."""
+    saturate. ``embeddings="int4"``: token embeddings packed to 4 bits first."""
+    tables = "; token embeddings 4-bit" if embeddings == "int4" else ""
     if cpu.has_vnni:
-        return QuantizeDynamic(per_channel=True, reduce_range=False, why="VNNI present: full 8-bit weights")
+        return QuantizeDynamic(
+            per_channel=True,
+            reduce_range=False,
+            embeddings=embeddings,
+            why=f"VNNI present: full 8-bit weights{tables}",
+        )
     return QuantizeDynamic(
         per_channel=True,
         reduce_range=True,
-        why="no VNNI on this CPU: 7-bit weights avoid U8S8 saturation in AVX2 kernels",
+        embeddings=embeddings,
+        why=f"no VNNI on this CPU: 7-bit weights avoid U8S8 saturation in AVX2 kernels{tables}",
     )
 
 
