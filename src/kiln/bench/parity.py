@@ -75,9 +75,20 @@ def check_parity(
                 seq_len=int(shape[-1]),
                 max_abs_diff=float(np.max(np.abs(ref - out))),
                 min_cosine=float(np.min(_cosines(ref, out))),
+                max_prob_shift=_prob_shift(ref, out) if ref.ndim == 2 and ref.shape[1] >= 2 else None,
             )
         )
     return checks
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+    return np.asarray(z / z.sum(axis=1, keepdims=True))
+
+
+def _prob_shift(ref: np.ndarray, out: np.ndarray) -> float:
+    """Largest change of a softmax probability, any row, any class (for logits)."""
+    return float(np.max(np.abs(_softmax(ref) - _softmax(out))))
 
 
 def judge_parity(checks: Sequence[ParityCheck], precision: Literal["exact", "lossy"]) -> str | None:

@@ -26,6 +26,10 @@ class ParityCheck(BaseModel):
     seq_len: int
     max_abs_diff: float
     min_cosine: float
+    max_prob_shift: float | None = Field(
+        default=None,
+        description="logits (rows x classes): the largest change of a softmax probability in any row",
+    )
 
 
 class Quality(BaseModel):

@@ -63,3 +63,29 @@ def test_shape_mismatch_is_rejected(tokenizer: TextTokenizer) -> None:
     wrong = lambda f: _pool(f)[:, :3]  # noqa: E731
     checks = check_parity(_pool, wrong, parity_inputs(tokenizer, TEXTS))
     assert judge_parity(checks, "lossy") is not None
+
+
+def _logits(feed: dict[str, np.ndarray]) -> np.ndarray:
+    """Two-class logits: the first row sits on the decision boundary, the others are confident."""
+    margin = np.linspace(0.02, 4.0, feed["input_ids"].shape[0]).astype(np.float32)
+    return np.stack([margin / 2, -margin / 2], axis=1)
+
+
+def test_logits_carry_the_largest_probability_shift(tokenizer: TextTokenizer) -> None:
+    nudged = lambda f: _logits(f) + np.float32([0.05, 0.0])  # noqa: E731  (class 0 up a little)
+    checks = check_parity(_logits, nudged, parity_inputs(tokenizer, TEXTS))
+    assert all(c.max_prob_shift is not None and 0 < c.max_prob_shift < 0.02 for c in checks)
+    embeddings = check_parity(_pool, _pool, parity_inputs(tokenizer, TEXTS))
+    assert all(c.max_prob_shift is not None for c in embeddings)  # any rows x columns output gets one
+
+
+def test_a_boundary_row_flips_its_angle_but_barely_its_probabilities(tokenizer: TextTokenizer) -> None:
+    def tilted(feed: dict[str, np.ndarray]) -> np.ndarray:
+        out = _logits(feed).copy()
+        out[0] = [-0.02, 0.02]  # the boundary row: the sign flips, the decision was a coin toss anyway
+        return out
+
+    feeds = [f for f in parity_inputs(tokenizer, TEXTS) if f["input_ids"].shape[0] > 1]
+    checks = check_parity(_logits, tilted, feeds)
+    assert min(c.min_cosine for c in checks) < 0  # what the old logit-cosine gate turned away
+    assert max(c.max_prob_shift or 1.0 for c in checks) < 0.02

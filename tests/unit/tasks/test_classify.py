@@ -146,3 +146,15 @@ def test_config_needs_two_labels() -> None:
     assert ClassifyConfig(labels=["a", "b"]).scores_output == "scores"
     with pytest.raises(ValueError):
         ClassifyConfig(labels=["a"])
+
+
+def test_lossy_gate_judges_probability_shift_not_logit_angle(tmp_path: Path) -> None:
+    from kiln.bench.scores import ParityCheck
+    from kiln.tasks.classify import MAX_PROB_SHIFT
+
+    task = ClassifyTask(_csv(tmp_path / "d.csv", _balanced_rows(20)))
+    broken = [ParityCheck(batch_size=8, seq_len=64, max_abs_diff=3.0, min_cosine=0.9, max_prob_shift=0.6)]
+    reason = task.judge_lossy(broken, None, None, None)  # type: ignore[arg-type]
+    assert reason is not None and "probability moved by 0.600" in reason and str(MAX_PROB_SHIFT) in reason
+    missing = [ParityCheck(batch_size=1, seq_len=8, max_abs_diff=float("inf"), min_cosine=-1.0)]
+    assert task.judge_lossy(missing, None, None, None) is not None  # type: ignore[arg-type]
