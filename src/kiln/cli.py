@@ -424,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--techniques",
         default="all",
         metavar="LIST",
-        help="technique families the search tries, comma-separated: quantize, precision, distill, prune, "
-        "low-rank; or all (default), or quick (quantize,precision: no training runs)",
+        help="technique families the search tries, comma-separated: quantize, precision, fuse, distill, "
+        "prune, low-rank; or all (default), or quick (quantize,precision,fuse: no training runs)",
     )
     pb.add_argument(
         "--unlabelled",

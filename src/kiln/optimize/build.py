@@ -45,6 +45,7 @@ from kiln.monitor.profile import PROFILE_NAME, make_reference_profile, save_prof
 from kiln.optimize.calibration import CalibrationReader, encode_calibration
 from kiln.optimize.cpu import cpu_info
 from kiln.optimize.export import export_onnx
+from kiln.optimize.fusion import FuseTransformer, transformer_shape
 from kiln.optimize.precision import ConvertPrecision, measure_on_cpu
 from kiln.optimize.quant_int4 import QuantizeInt4, int4_for
 from kiln.optimize.quant_static import QuantizeStatic, int8_static_for
@@ -63,7 +64,8 @@ from kiln.optimize.structural import (
 from kiln.report.html import render_report
 from kiln.report.variants import variants_table
 from kiln.runtime.image_preprocess import ImagePreprocessor
-from kiln.runtime.onnx_backend import OnnxBackend
+from kiln.runtime.onnx_backend import OnnxBackend, SessionSettings
+from kiln.runtime.session_tuning import tune_session
 from kiln.runtime.tokenizer import TextTokenizer
 from kiln.settings import Settings
 from kiln.sources.resolve import ResolvedSource, resolve_source
@@ -82,6 +84,7 @@ from kiln.tasks.image_classify import (
 from kiln.tasks.image_classify_config import TASK_NAME as IMAGE_CLASSIFY
 
 REFERENCE = "pytorch-fp32"
+FUSED = "onnx-fused"  # the float export with its attention blocks fused (BERT-class encoders)
 TASKS = (EMBED, CLASSIFY, IMAGE_CLASSIFY)
 SCREEN_SIZE = 1000  # ranking-screen texts (half fit the probe for embed): cheap, never held out
 CALIBRATION_BATCHES = 8  # static quantization: 8 batches of 16 calibration texts
@@ -314,6 +317,8 @@ class _BuildRun:
         self._train_batches: list[Any] | None = None
         self._train_note = ""
         self.screen_drops: dict[str, float] = {}
+        self.session = SessionSettings()
+        self.shape: tuple[int, int] | None = None  # (heads, hidden) of a BERT-class encoder
 
     def _split_summary(self) -> str:
         s = self.split
@@ -333,6 +338,7 @@ class _BuildRun:
         try:
             with _progress(self.console) as self.progress:
                 self.load_reference()
+                self.tune_session()
                 self.export()
                 self.evaluate_baseline()
                 stage = "search"
@@ -387,6 +393,19 @@ class _BuildRun:
         )
         self.candidates[REFERENCE] = _Candidate(record, embedder=self.reference)
 
+    def tune_session(self) -> None:
+        """Which of ONNX Runtime's load-time fusions pay on this CPU (for every variant alike)."""
+        self.shape = transformer_shape(self.reference.module)
+        if self.shape is None:
+            return
+        with _step(self.progress, "time ONNX Runtime's fused kernels on this CPU"):
+            self.session = tune_session(self.shape[1], self.opts.threads)
+
+    def _backend(self, path: Path) -> OnnxBackend:
+        """A candidate's session: the bundle's settings, and no spinning, since candidates are timed
+        taking turns on the same cores (:func:`~kiln.runtime.onnx_backend.session_options`)."""
+        return OnnxBackend(path, self.opts.threads, self.session, spinning=False)
+
     def export(self) -> None:
         self.export_recipe = ExportOnnx()
         path = self.work / f"{BASELINE}.onnx"
@@ -412,7 +431,7 @@ class _BuildRun:
         assert c.path is not None
         c.record.scores.file_bytes = c.path.stat().st_size
         try:
-            embedder = self.task.wrap_onnx(OnnxBackend(c.path, self.opts.threads), self.tokenizer)
+            embedder = self.task.wrap_onnx(self._backend(c.path), self.tokenizer)
         except BundleError as exc:
             c.fail("failed", str(exc))
             return False
@@ -431,7 +450,7 @@ class _BuildRun:
         reference, judged by the task, for a graph made from the float export; against the parent's
         float graph, by the generic tolerances, for a child of a structural candidate."""
         assert self._parity_feeds is not None
-        if parent == BASELINE:
+        if parent == BASELINE or self._float_exact(parent):
             checks = check_parity(self.reference.run_encoded, runner.run_encoded, self._parity_feeds)
             return checks, self.task.judge_parity(checks, precision, self.reference, runner, self.split)
         parent_runner = self.candidates[parent].embedder
@@ -439,6 +458,10 @@ class _BuildRun:
         checks = check_parity(parent_runner.run_encoded, runner.run_encoded, self._parity_feeds)
         why = judge_parity(checks, precision)
         return checks, None if why is None else f"{why} (against {parent})"
+
+    def _float_exact(self, name: str) -> bool:
+        """A graph that computes what the float export does (fused, say): judged like the export."""
+        return all(step.get("precision") == "exact" for step in self.candidates[name].record.recipe)
 
     def _held_out(self, c: _Candidate) -> None:
         """Quality on the held-out split (the number the manifest reports)."""
@@ -507,23 +530,39 @@ class _BuildRun:
 
     # -- the search ------------------------------------------------------------------------------
 
-    def _plan(self) -> list[tuple[str, Any]]:
-        """Graph-level candidates on the float export, cheapest first."""
-        plan: list[tuple[str, Any]] = []
-        if "quantize" in self.opts.techniques:
+    def _plan(self) -> list[tuple[str, Any, str]]:
+        """Graph-level candidates (name, recipe, the candidate it transforms), cheapest first: on the
+        float export, then on its fused graph (transformer encoders only)."""
+        plan: list[tuple[str, Any, str]] = []
+        quantize = "quantize" in self.opts.techniques
+        if quantize:
             plan += [
-                ("onnx-int8-dynamic", int8_dynamic_for(self.cpu)),
-                ("onnx-int8-dynamic-per-tensor", int8_dynamic_per_tensor()),
-                ("onnx-int8-static", self._static_recipe()),
-                ("onnx-int4", int4_for(self.cpu)),
+                ("onnx-int8-dynamic", int8_dynamic_for(self.cpu), BASELINE),
+                ("onnx-int8-dynamic-per-tensor", int8_dynamic_per_tensor(), BASELINE),
+                ("onnx-int8-static", self._static_recipe(), BASELINE),
+                ("onnx-int4", int4_for(self.cpu), BASELINE),
             ]
         if "precision" in self.opts.techniques:
             plan.append(
                 (
                     "onnx-fp16",
                     ConvertPrecision(dtype="fp16", why="half the bytes; kept on CPU only if faster here"),
+                    BASELINE,
                 )
             )
+        if "fuse" in self.opts.techniques and self.shape is not None:
+            heads, hidden = self.shape
+            fused = FuseTransformer(
+                num_heads=heads,
+                hidden_size=hidden,
+                why="one Attention kernel per layer instead of ~20 small nodes (QAttention once quantized)",
+            )
+            plan.append((FUSED, fused, BASELINE))
+            if quantize:
+                plan += [
+                    (f"{FUSED}-int8-dynamic", int8_dynamic_for(self.cpu), FUSED),
+                    (f"{FUSED}-int8-emb4", int8_dynamic_for(self.cpu, embeddings="int4"), FUSED),
+                ]
         return plan
 
     def _static_recipe(self) -> QuantizeStatic:
@@ -575,9 +614,15 @@ class _BuildRun:
         structural = self._structural_plan()
         total = len(plan) + sum(1 + len(s.children) for s in structural)
         task = self.progress.add_task("search", total=total)
-        for name, recipe in plan:
+        for name, recipe, parent in plan:
             self.progress.update(task, description=f"search: {name}")
-            self._try(name, recipe)
+            if parent in self.candidates and self.candidates[parent].live:
+                self._try(name, recipe, parent=parent)
+            else:
+                before = self.candidates[parent].record.recipe if parent in self.candidates else []
+                why = f"{parent} did not pass its gates" if before else f"{parent} was not tried"
+                summary = recipe_summary([*before, recipe.model_dump()])
+                self.trace.add(name, summary, "not started", "skipped", why)
             self.progress.advance(task, 1)
         for candidate in structural:
             self.progress.update(task, description=f"search: {candidate.name}")
@@ -683,7 +728,7 @@ class _BuildRun:
                 c.record.recipe[0]["training_data"] = self._train_note
             self.trace.update(sc.name, stage="parity gate")
             c.record.scores.file_bytes = path.stat().st_size
-            runner = self.task.wrap_onnx(OnnxBackend(path, self.opts.threads), self.tokenizer)
+            runner = self.task.wrap_onnx(self._backend(path), self.tokenizer)
             assert self._parity_feeds is not None
             c.record.parity = check_parity(
                 _ModuleRunner(module).run_encoded, runner.run_encoded, self._parity_feeds
@@ -845,7 +890,7 @@ class _BuildRun:
             def passes(path: Path) -> bool:
                 # what the repaired graph must pass next: the parity gate and the ranking screen
                 try:
-                    runner = self.task.wrap_onnx(OnnxBackend(path, self.opts.threads), self.tokenizer)
+                    runner = self.task.wrap_onnx(self._backend(path), self.tokenizer)
                 except BundleError:
                     return False
                 if self._judge_parity(runner, parent, "lossy")[1] is not None:
@@ -1003,6 +1048,7 @@ class _BuildRun:
             chosen=choice.name,
             chosen_reason=choice.reason,
             artifact="model.onnx",
+            runtime=self.session,
             # images: the input-side file is the preprocessing (also in task_config), not a tokenizer
             tokenizer="tokenizer.json" if self.tok_path is not None else PREPROCESS_FILE,
         )

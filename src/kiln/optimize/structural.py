@@ -34,9 +34,9 @@ from kiln.optimize.quant_static import int8_static_for
 from kiln.optimize.recipes import int8_dynamic_for
 from kiln.optimize.torch_recipes import DistillLoss, TorchRecipeLike, TrainBudget
 
-TECHNIQUES = ("quantize", "precision", "distill", "prune", "low-rank")
+TECHNIQUES = ("quantize", "precision", "fuse", "distill", "prune", "low-rank")
 """Technique families ``--techniques`` selects from (default: all)."""
-QUICK = ("quantize", "precision")
+QUICK = ("quantize", "precision", "fuse")
 """The quick search: no training runs (``kiln run``'s default)."""
 MAX_TRAIN_TEXTS = 12_000
 TRAIN_SECONDS = 240.0
