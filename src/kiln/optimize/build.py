@@ -447,8 +447,8 @@ class _BuildRun:
         self, runner: Runner, parent: str, precision: Literal["exact", "lossy"]
     ) -> tuple[list[ParityCheck], str | None]:
         """``runner``'s parity checks and why it fails the gate (None if it passes): against the
-        reference, judged by the task, for a graph made from the float export; against the parent's
-        float graph, by the generic tolerances, for a child of a structural candidate."""
+        reference, for a graph made from the float export (or a graph exact to it); against the
+        parent's float graph for a child of a structural candidate. The task judges both."""
         assert self._parity_feeds is not None
         if parent == BASELINE or self._float_exact(parent):
             checks = check_parity(self.reference.run_encoded, runner.run_encoded, self._parity_feeds)
@@ -456,7 +456,7 @@ class _BuildRun:
         parent_runner = self.candidates[parent].embedder
         assert parent_runner is not None
         checks = check_parity(parent_runner.run_encoded, runner.run_encoded, self._parity_feeds)
-        why = judge_parity(checks, precision)
+        why = self.task.judge_parity(checks, precision, parent_runner, runner, self.split)
         return checks, None if why is None else f"{why} (against {parent})"
 
     def _float_exact(self, name: str) -> bool:
@@ -583,7 +583,7 @@ class _BuildRun:
         except BuildError:
             depth = 0  # no stack of repeated layers: no student can be taken from it
         return structural_candidates(
-            self.task.name, depth, self.cpu, self.opts.techniques, self.opts.train_seconds
+            self.task.name, depth, self.cpu, self.opts.techniques, self.opts.train_seconds, self.shape
         )
 
     def _stop_reason(self) -> str | None:
@@ -628,21 +628,24 @@ class _BuildRun:
             self.progress.update(task, description=f"search: {candidate.name}")
             passed = self._try_structural(candidate)
             self.progress.advance(task, 1)
-            for child, recipe in candidate.children:
-                if passed:
+            for child, recipe, via in candidate.children:
+                parent = via or candidate.name
+                if passed and parent in self.candidates and self.candidates[parent].live:
                     self.progress.update(task, description=f"search: {child}")
-                    self._try(child, recipe, parent=candidate.name)
+                    self._try(child, recipe, parent=parent)
                 else:
-                    summary = recipe_summary(
-                        [*self.candidates[candidate.name].record.recipe, recipe.model_dump()]
-                    )
+                    before = self.candidates[parent].record.recipe if parent in self.candidates else []
+                    summary = recipe_summary([*before, recipe.model_dump()])
                     drop = self.screen_drops.get(candidate.name)
-                    why = (
-                        f"{candidate.name} did not pass its gates"
-                        if drop is None
-                        else f"{candidate.name} is over budget on the ranking screen (drop {drop:+.4f}): "
-                        "quantizing it would not bring it back"
-                    )
+                    if passed:
+                        why = f"{parent} did not pass its gates" if before else f"{parent} was not tried"
+                    elif drop is None:
+                        why = f"{candidate.name} did not pass its gates"
+                    else:
+                        why = (
+                            f"{candidate.name} is over budget on the ranking screen (drop {drop:+.4f}): "
+                            "quantizing it would not bring it back"
+                        )
                     self.trace.add(child, summary, "not started", "skipped", why)
                 self.progress.advance(task, 1)
         self.progress.update(task, description="search", completed=total)
@@ -826,6 +829,8 @@ class _BuildRun:
                 if control:
                     c.record.reason = f"{c.record.reason}; accuracy control follows"
                 self.trace.update(name, outcome=c.record.status, reason=c.record.reason or "")  # type: ignore[arg-type]
+            elif getattr(recipe, "precision", None) == "exact" and self._inherit_quality(c, parent):
+                pass
             else:
                 assert c.embedder is not None
                 screen = self._screen_quality(c.embedder)
@@ -836,6 +841,25 @@ class _BuildRun:
                     self._screen_and_evaluate(c, screen)
         if control:
             self._accuracy_control(name, recipe, parent)
+
+    def _inherit_quality(self, c: _Candidate, parent: str) -> bool:
+        """A float-preserving graph (it passed the exact parity gate against ``parent``) has its
+        parent's held-out quality: recorded as such, without a second evaluation."""
+        name, source = c.record.name, self.candidates[parent].record.scores.quality
+        if source is None or parent not in self.outputs:
+            return False
+        c.record.scores.quality = source.model_copy(deep=True)
+        self.outputs[name] = self.outputs[parent]
+        if parent in self.screen_drops:
+            self.screen_drops[name] = self.screen_drops[parent]
+        worst = max((p.max_abs_diff for p in c.record.parity), default=0.0)
+        self.trace.update(
+            name,
+            outcome="kept",
+            reason=f"exact to {parent} (parity max |diff| {worst:.1e}): its held-out quality "
+            f"(drop {source.drop:+.4f}) stands, no second evaluation",
+        )
+        return True
 
     def _reject_for_control(self, c: _Candidate, screen: Quality) -> None:
         """Over budget on the ranking screen: not evaluated on the held-out split; accuracy control

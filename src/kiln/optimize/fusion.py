@@ -55,7 +55,7 @@ class FuseTransformer(BaseModel):
         model = onnx.load(str(src))
         try:
             fused = _ort_bert_fusions(model, self.num_heads, self.hidden_size)
-            blocks = fuse_attention(fused, self.num_heads)
+            blocks = fuse_attention(fused, self.hidden_size // self.num_heads)
         except BuildError:
             raise
         except Exception as exc:  # the graph utilities raise plain exceptions on odd graphs
@@ -157,8 +157,10 @@ def _projection(
     return None
 
 
-def fuse_attention(model: onnx.ModelProto, num_heads: int) -> int:
-    """Replace every recognised self-attention block in ``model`` (in place); returns how many."""
+def fuse_attention(model: onnx.ModelProto, head: int) -> int:
+    """Replace every recognised self-attention block of ``head``-wide heads in ``model`` (in place);
+    returns how many. A block's head count is its projection width over ``head``, so layers whose
+    heads were pruned fuse too."""
     g = _Graph(model.graph)
     if MASK_INPUT not in {i.name for i in model.graph.input}:
         return 0
@@ -169,7 +171,7 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> int:
     new_inits: list[onnx.TensorProto] = []
     blocks = 0
     for softmax in [n for n in model.graph.node if n.op_type == "Softmax"]:
-        found = _match_block(g, softmax, num_heads)
+        found = _match_block(g, softmax, head)
         if found is None:
             continue
         hidden_in, weight, bias, scale, nodes, output = found
@@ -179,14 +181,13 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> int:
             numpy_helper.from_array(weight.astype(np.float32), f"{prefix}_qkv_weight"),
             numpy_helper.from_array(bias.astype(np.float32), f"{prefix}_qkv_bias"),
         ]
-        head = weight.shape[1] // 3 // num_heads
         attention = helper.make_node(
             "Attention",
             [hidden_in, f"{prefix}_qkv_weight", f"{prefix}_qkv_bias", mask_name],
             [output],
             name=prefix,
             domain=MS_DOMAIN,
-            num_heads=num_heads,
+            num_heads=weight.shape[1] // 3 // head,  # fewer where heads were pruned
         )
         if not math.isclose(scale, 1.0 / math.sqrt(head), rel_tol=1e-4):
             attention.attribute.append(helper.make_attribute("scale", float(scale)))
@@ -214,7 +215,7 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> int:
 
 
 def _match_block(
-    g: _Graph, softmax: onnx.NodeProto, num_heads: int
+    g: _Graph, softmax: onnx.NodeProto, head: int
 ) -> tuple[str, np.ndarray, np.ndarray, float, list[onnx.NodeProto], str] | None:
     """One block around ``softmax``: (input, packed W, packed b, scale, its nodes, its output)."""
     add = g.node(softmax.input[0], "Add")
@@ -252,8 +253,8 @@ def _match_block(
     hidden_in = q[0]
     if k[0] != hidden_in or v[0] != hidden_in:
         return None
-    hidden = q[1].shape[1]
-    if hidden % num_heads or any(p[1].shape != q[1].shape for p in (k, v)):
+    width = q[1].shape[1]
+    if width % head or any(p[1].shape != q[1].shape for p in (k, v)):
         return None
     weight = np.concatenate([q[1], k[1], v[1]], axis=1)
     bias = np.concatenate([q[2], k[2], v[2]])

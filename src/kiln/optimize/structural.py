@@ -28,6 +28,7 @@ import numpy as np
 from kiln.errors import DataError
 from kiln.optimize.cpu import CpuInfo
 from kiln.optimize.distill import Distill
+from kiln.optimize.fusion import FuseTransformer
 from kiln.optimize.lowrank import LowRank
 from kiln.optimize.prune import PruneStructured
 from kiln.optimize.quant_static import int8_static_for
@@ -48,7 +49,9 @@ class StructuralCandidate:
     name: str
     technique: str
     steps: tuple[TorchRecipeLike, ...]
-    children: tuple[tuple[str, Any], ...]
+    children: tuple[tuple[str, Any, str | None], ...]
+    """(name, recipe, parent): the parent is the structural candidate itself when None, else an
+    earlier child (``distill-L3-fused`` → ``distill-L3-fused-int8-emb4``)."""
 
 
 def parse_techniques(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -76,18 +79,34 @@ def distill_loss_for(task: str) -> DistillLoss:
 
 
 def structural_candidates(
-    task: str, depth: int, cpu: CpuInfo, techniques: Sequence[str], train_seconds: float = TRAIN_SECONDS
+    task: str,
+    depth: int,
+    cpu: CpuInfo,
+    techniques: Sequence[str],
+    train_seconds: float = TRAIN_SECONDS,
+    shape: tuple[int, int] | None = None,
 ) -> list[StructuralCandidate]:
     """The structural pipelines a build tries for a ``depth``-layer transformer, best expected gain first.
 
-    ``train_seconds`` bounds distillation; pruning's recovery gets half of it, low-rank's 3/8."""
+    ``train_seconds`` bounds distillation; pruning's recovery gets half of it, low-rank's 3/8.
+    ``shape`` (attention heads, hidden size of a BERT-class encoder) adds fused children when the
+    ``fuse`` technique is on."""
     loss = distill_loss_for(task)
 
-    def quantized(prefix: str) -> tuple[tuple[str, Any], ...]:
-        return (
-            (f"{prefix}-int8-dynamic", int8_dynamic_for(cpu)),
-            (f"{prefix}-int8-static", int8_static_for(cpu)),
-        )
+    def quantized(prefix: str) -> tuple[tuple[str, Any, str | None], ...]:
+        children: list[tuple[str, Any, str | None]] = [
+            (f"{prefix}-int8-dynamic", int8_dynamic_for(cpu), None)
+        ]
+        if shape is not None and "fuse" in techniques:
+            fuse = FuseTransformer(
+                num_heads=shape[0], hidden_size=shape[1], why="one Attention kernel per layer"
+            )
+            children += [
+                (f"{prefix}-fused", fuse, None),
+                (f"{prefix}-fused-int8-emb4", int8_dynamic_for(cpu, embeddings="int4"), f"{prefix}-fused"),
+            ]
+        children.append((f"{prefix}-int8-static", int8_static_for(cpu), None))
+        return tuple(children)
 
     out: list[StructuralCandidate] = []
     if "distill" in techniques and depth >= 2:

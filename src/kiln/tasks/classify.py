@@ -104,7 +104,7 @@ class ClassifyTask(Task):
         self.data_path = data_path
         self.text_column, self.label_column = text_column, label_column
         self.slice_by = tuple(slice_by)
-        self._reference_ranking: np.ndarray | None = None
+        self._rankings: dict[int, np.ndarray] = {}  # id(reference runner) -> its ranking outputs
 
     def check_model(self, model_dir: Path) -> None:
         from kiln.tasks.classify_torch import check_classify_config
@@ -169,10 +169,10 @@ class ClassifyTask(Task):
                     f"probability moved by {shift:.3f} (limit {MAX_PROB_SHIFT})"
                 )
         texts = self.parity_texts(split)[:MAX_AGREEMENT_TEXTS]
-        if self._reference_ranking is None:
-            self._reference_ranking = reference.embed(texts)
+        if id(reference) not in self._rankings:  # the PyTorch reference, or a structural parent
+            self._rankings[id(reference)] = reference.embed(texts)
         return agreement_failure(
-            self._reference_ranking, variant.embed(texts), MIN_TOP1_AGREEMENT, "ranking texts"
+            self._rankings[id(reference)], variant.embed(texts), MIN_TOP1_AGREEMENT, "ranking texts"
         )
 
     def quality_texts(self, split: EvalSplit) -> list[str]:

@@ -175,7 +175,7 @@ class ImageClassifyTask(Task):
 
     def __init__(self, data_path: Path | None = None) -> None:
         self.data_path = data_path
-        self._reference_ranking: np.ndarray | None = None
+        self._rankings: dict[int, np.ndarray] = {}  # id(reference runner) -> its ranking outputs
         self._labels: list[str] | None = None
 
     # -- the model --------------------------------------------------------------------------------
@@ -313,10 +313,10 @@ class ImageClassifyTask(Task):
         if (reason := judge_parity(checks, "lossy")) is not None:
             return reason
         items = self.parity_texts(split)
-        if self._reference_ranking is None:
-            self._reference_ranking = reference.embed(items)
+        if id(reference) not in self._rankings:  # the PyTorch reference, or a structural parent
+            self._rankings[id(reference)] = reference.embed(items)
         return agreement_failure(
-            self._reference_ranking, variant.embed(items), MIN_TOP1_AGREEMENT, "ranking images"
+            self._rankings[id(reference)], variant.embed(items), MIN_TOP1_AGREEMENT, "ranking images"
         )
 
     def quality(self, reference: np.ndarray, variant: np.ndarray, split: EvalSplit, seed: int) -> Quality:

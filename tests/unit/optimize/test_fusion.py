@@ -142,3 +142,28 @@ def test_transformer_shape_reads_the_config() -> None:
     assert transformer_shape(tiny_encoder(layers=1)) == (4, 32)
     assert transformer_shape(torch.nn.Linear(2, 2)) is None
     assert transformer_shape(object()) is None
+
+
+def test_layers_with_pruned_heads_fuse_with_their_own_head_count(
+    tmp_path: Path, tokenizer: TextTokenizer
+) -> None:
+    from kiln.optimize.prune import PruneStructured
+
+    module = tiny_encoder(layers=2, seed=3)
+    pruned = PruneStructured(heads=0.25, ffn=0.0).apply(module, _batches(tokenizer))
+    src = export_onnx(pruned, tokenizer.encode(REVIEWS[:2]), tmp_path / "p.onnx", ExportOnnx(), GRAPH_OUTPUT)
+    dst = FuseTransformer(num_heads=4, hidden_size=32).apply(src, tmp_path / "pf.onnx")
+    heads = [
+        next(a.i for a in n.attribute if a.name == "num_heads")
+        for n in onnx.load(str(dst)).graph.node
+        if n.op_type == "Attention"
+    ]
+    assert len(heads) == 2 and min(heads) < 4  # a pruned layer keeps its own count
+    feed = tokenizer.encode(REVIEWS)
+    np.testing.assert_allclose(run(dst, feed), run(src, feed), atol=1e-4)
+
+
+def _batches(tokenizer: TextTokenizer) -> list[Any]:
+    from kiln.optimize.torch_recipes import text_batches
+
+    return text_batches(tokenizer, REVIEWS * 2, batch_size=4)

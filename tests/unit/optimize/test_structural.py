@@ -37,7 +37,17 @@ def test_candidates_follow_expected_gain_and_the_task() -> None:
     distill = found[0].steps[0]
     assert distill.num_layers == 3  # type: ignore[attr-defined]
     assert distill.loss.kind == "kl" and distill.budget.max_seconds == 100.0  # type: ignore[attr-defined]
-    assert [name for name, _ in found[0].children] == ["distill-L3-int8-dynamic", "distill-L3-int8-static"]
+    assert [name for name, _, _ in found[0].children] == ["distill-L3-int8-dynamic", "distill-L3-int8-static"]
+    fused = structural_candidates("classify", 6, CPU, TECHNIQUES, shape=(12, 384))[0].children
+    assert [(name, via) for name, _, via in fused] == [
+        ("distill-L3-int8-dynamic", None),
+        ("distill-L3-fused", None),
+        ("distill-L3-fused-int8-emb4", "distill-L3-fused"),
+        ("distill-L3-int8-static", None),
+    ]
+    assert fused[1][1].kind == "fuse-transformer" and fused[2][1].embeddings == "int4"
+    no_fuse = tuple(t for t in TECHNIQUES if t != "fuse")
+    assert len(structural_candidates("classify", 6, CPU, no_fuse, shape=(12, 384))[0].children) == 2
     assert found[1].steps[0].recovery.max_seconds == 50.0  # type: ignore[attr-defined]
     embed = structural_candidates("embed", 6, CPU, ("distill",))
     assert [c.name for c in embed] == ["distill-L3"]
