@@ -609,6 +609,19 @@ class _BuildRun:
             self._calibration_readers[source] = CalibrationReader.for_model(path, self._calibration_feeds)
         return self._calibration_readers[source]
 
+    def _sensitivity_feeds(self, source: str) -> list[dict[str, np.ndarray]]:
+        """Batches of the ranking subset (never held out) that accuracy control ranks nodes on; the
+        calibration split when the ranking subset is too small for one batch."""
+        texts = self.task.quality_texts(self.screen_split)
+        if len(texts) < 16:
+            return self._calibration(source).feeds[:SENSITIVITY_BATCHES]
+        feeds = encode_calibration(
+            self.tokenizer.encode, texts, batch_size=16, max_batches=SENSITIVITY_BATCHES
+        )
+        path = self.candidates[source].path
+        assert path is not None
+        return list(CalibrationReader.for_model(path, feeds).feeds)
+
     def search(self) -> None:
         plan = self._plan()
         structural = self._structural_plan()
@@ -902,7 +915,7 @@ class _BuildRun:
         calibration = self._calibration(parent) if isinstance(recipe, QuantizeStatic) else None
         with self.trace.timed(ac_name):
             try:
-                feeds = self._calibration(parent).feeds[:SENSITIVITY_BATCHES]
+                feeds = self._sensitivity_feeds(parent)
                 ranking = rank_sensitivity(src, bad, feeds, threads=self.opts.threads)
             except (BuildError, Exception) as exc:  # ORT raises plain exceptions on odd cut-outs
                 self.trace.update(ac_name, outcome="failed", reason=f"sensitivity ranking failed: {exc}")
