@@ -123,6 +123,8 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         changes["text_overflow"] = args.text_overflow
     if args.max_text_chars is not None:
         changes["max_text_chars"] = args.max_text_chars
+    if args.max_image_pixels is not None:
+        changes["max_image_pixels"] = args.max_image_pixels
     if args.api_keys_reload is not None:
         changes["api_keys_reload_s"] = args.api_keys_reload
     return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
@@ -527,6 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="refuse (400) a text of more than N characters (default 100000; KILN_MAX_TEXT_CHARS)",
+    )
+    pl.add_argument(
+        "--max-image-pixels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="image models: refuse (413) an image of more than N pixels (width x height) before decoding "
+        "it (default 25000000; KILN_MAX_IMAGE_PIXELS)",
     )
     pa = ps.add_argument_group("security")
     pa.add_argument(

@@ -77,6 +77,8 @@ class Settings:
     ``KILN_MAX_BATCH_ITEMS``    most texts one request may carry
     ``KILN_MAX_REQUEST_BYTES``  largest request body the server accepts
     ``KILN_MAX_TEXT_CHARS``     longest single text accepted (characters; a longer one is refused)
+    ``KILN_MAX_IMAGE_PIXELS``   largest image (width x height of its first frame) an image model decodes;
+                                a larger one is refused (413) before its pixels are decoded (default 25M)
     ``KILN_TEXT_OVERFLOW``      a text of more tokens than the model's max length: ``truncate`` (default: the
                                 model reads its first max-length tokens) or ``reject`` (400)
     ``KILN_MAX_BATCH_SIZE``     most texts (from any number of requests) in one model call
@@ -107,6 +109,7 @@ class Settings:
     max_batch_items: int = 256
     max_request_bytes: int = 8 * 1024 * 1024
     max_text_chars: int = 100_000
+    max_image_pixels: int = 25_000_000
     text_overflow: str = "truncate"
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
@@ -139,6 +142,7 @@ class Settings:
             max_batch_items=_int("KILN_MAX_BATCH_ITEMS", 256),
             max_request_bytes=_int("KILN_MAX_REQUEST_BYTES", 8 * 1024 * 1024),
             max_text_chars=_int("KILN_MAX_TEXT_CHARS", 100_000),
+            max_image_pixels=_int("KILN_MAX_IMAGE_PIXELS", 25_000_000),
             text_overflow=_choice("KILN_TEXT_OVERFLOW", "truncate", TEXT_OVERFLOW),
             max_batch_size=_int("KILN_MAX_BATCH_SIZE", 32),
             max_wait_ms=_float("KILN_MAX_WAIT_MS", 2.0),

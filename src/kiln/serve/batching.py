@@ -14,6 +14,9 @@ One ``TextBatcher`` per served model owns one worker thread (the event loop neve
 
 Results reach each caller's own event loop with ``call_soon_threadsafe``, so one batcher may serve
 several loops (REST, gRPC) at once. A cancelled request's texts that have not run yet are dropped.
+
+The items need not be texts: an image model's batcher queues preprocessed images (``3 x H x W`` arrays)
+with a counter that gives every image 0 tokens, so they all share one bucket; everything else is alike.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -39,9 +43,11 @@ MIN_BUCKET = 16
 """Texts of up to this many tokens share one bucket; above it, buckets double (32, 64, 128, ...)."""
 RETRY_AFTER_MAX_S = 60
 
-BatchRunner = Callable[[list[str]], np.ndarray]
+ItemT = TypeVar("ItemT")
+"""What is batched: texts (``str``), or an image model's preprocessed images."""
+BatchRunner = Callable[[list[ItemT]], np.ndarray]
 """Embeds one batch of texts: ``[n, dim]`` rows in input order (runs in the worker thread)."""
-LengthCounter = Callable[[list[str]], list[int]]
+LengthCounter = Callable[[list[ItemT]], list[int]]
 """Tokens per text (runs in the worker thread)."""
 QueueObserver = Callable[[int], None]
 """Called with the number of texts waiting whenever it changes."""
@@ -89,10 +95,10 @@ class BatchResult:
 
 
 @dataclass(eq=False)
-class _Job:
+class _Job(Generic[ItemT]):
     """One request: its texts, where its answer goes, and how much of it is still to run."""
 
-    texts: list[str]
+    texts: list[ItemT]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[BatchResult]
     arrived: float
@@ -118,20 +124,20 @@ class _Job:
 
 
 @dataclass(frozen=True, eq=False)
-class _Item:
-    job: _Job
+class _Item(Generic[ItemT]):
+    job: _Job[ItemT]
     index: int
     bucket: int
 
 
-class TextBatcher:
+class TextBatcher(Generic[ItemT]):
     """Queues texts from concurrent requests and runs them in length-bucketed batches on one thread."""
 
     def __init__(
         self,
         name: str,
-        run: BatchRunner,
-        count_tokens: LengthCounter,
+        run: BatchRunner[ItemT],
+        count_tokens: LengthCounter[ItemT],
         config: BatchConfig | None = None,
         on_queue: QueueObserver | None = None,
         max_tokens: int | None = None,
@@ -145,13 +151,13 @@ class TextBatcher:
         self._max_tokens = max_tokens
         self._on_queue = on_queue
         self._cond = threading.Condition()
-        self._incoming: deque[_Job] = deque()  # guarded by _cond
+        self._incoming: deque[_Job[ItemT]] = deque()  # guarded by _cond
         self._depth = 0  # texts submitted and not yet taken into a batch; guarded by _cond
         self._stopping = False  # guarded by _cond
         self._thread: threading.Thread | None = None
         self._rate = 0.0  # texts per second, moving average (Retry-After estimate)
         # worker-thread state
-        self._items: list[_Item] = []
+        self._items: list[_Item[ItemT]] = []
         self._target = 1  # requests the previous batch carried
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -186,17 +192,14 @@ class TextBatcher:
         return self._depth
 
     # -- requests -----------------------------------------------------------------------------------
-    async def submit(self, texts: list[str]) -> BatchResult:
+    async def submit(self, texts: list[ItemT]) -> BatchResult:
         """The rows of ``texts`` and their token counts; ``OverloadedError`` at once if the queue is full."""
         loop = asyncio.get_running_loop()
-        job = _Job(texts=list(texts), loop=loop, future=loop.create_future(), arrived=time.monotonic())
+        job: _Job[ItemT] = _Job(
+            texts=list(texts), loop=loop, future=loop.create_future(), arrived=time.monotonic()
+        )
         with self._cond:
-            if self._depth > 0 and self._depth + len(job.texts) > self.config.max_queue:
-                raise OverloadedError(
-                    f"model {self.name!r} is overloaded: {self._depth} texts are queued and the limit is "
-                    f"{self.config.max_queue}; retry later, send fewer texts, or raise KILN_MAX_QUEUE",
-                    retry_after=self._retry_after(),
-                )
+            self._check_room_locked(len(job.texts))
             self._incoming.append(job)
             self._depth += len(job.texts)
             depth = self._depth
@@ -208,6 +211,20 @@ class TextBatcher:
         except asyncio.CancelledError:
             job.cancelled = True  # its texts that have not run are dropped when the next batch is formed
             raise
+
+    def check_room(self, n: int) -> None:
+        """``OverloadedError`` at once if ``n`` more items would not fit the queue now (``submit`` checks
+        again): lets a caller refuse a request before costly work such as decoding images."""
+        with self._cond:
+            self._check_room_locked(n)
+
+    def _check_room_locked(self, n: int) -> None:
+        if self._depth > 0 and self._depth + n > self.config.max_queue:
+            raise OverloadedError(
+                f"model {self.name!r} is overloaded: {self._depth} texts are queued and the limit is "
+                f"{self.config.max_queue}; retry later, send fewer texts, or raise KILN_MAX_QUEUE",
+                retry_after=self._retry_after(),
+            )
 
     def _retry_after(self) -> int:
         if self._rate <= 0:
@@ -242,7 +259,7 @@ class TextBatcher:
             self._admit(jobs)
         return not stopping
 
-    def _admit(self, jobs: list[_Job]) -> None:
+    def _admit(self, jobs: list[_Job[ItemT]]) -> None:
         texts = [t for job in jobs for t in job.texts]
         try:
             counts = [int(n) for n in self._count_tokens(texts)]
@@ -275,7 +292,7 @@ class TextBatcher:
                 )
         return None
 
-    def _discard(self, job: _Job, queued: int, error: BaseException | None) -> None:
+    def _discard(self, job: _Job[ItemT], queued: int, error: BaseException | None) -> None:
         """Forget ``queued`` of ``job``'s waiting texts; tell its caller ``error`` once."""
         with self._cond:
             self._depth -= queued
@@ -316,8 +333,8 @@ class TextBatcher:
         return True
 
     def _drop_cancelled(self) -> None:
-        dropped: dict[int, tuple[_Job, int]] = {}
-        kept: list[_Item] = []
+        dropped: dict[int, tuple[_Job[ItemT], int]] = {}
+        kept: list[_Item[ItemT]] = []
         for it in self._items:
             if it.job.cancelled or it.job.failed:
                 job, n = dropped.get(id(it.job), (it.job, 0))
@@ -329,10 +346,10 @@ class TextBatcher:
             for job, n in dropped.values():
                 self._discard(job, n, None)
 
-    def _form_batch(self) -> list[_Item]:
+    def _form_batch(self) -> list[_Item[ItemT]]:
         bucket = self._items[0].bucket
-        batch: list[_Item] = []
-        rest: list[_Item] = []
+        batch: list[_Item[ItemT]] = []
+        rest: list[_Item[ItemT]] = []
         for it in self._items:
             if it.bucket == bucket and len(batch) < self.config.max_batch_size:
                 batch.append(it)
@@ -346,7 +363,7 @@ class TextBatcher:
         self._target = min(len({id(it.job) for it in batch}), self.config.max_batch_size)
         return batch
 
-    def _execute(self, batch: list[_Item]) -> None:
+    def _execute(self, batch: list[_Item[ItemT]]) -> None:
         texts = [it.job.texts[it.index] for it in batch]
         start = time.perf_counter()
         try:

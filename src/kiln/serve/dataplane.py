@@ -15,10 +15,16 @@ with the canary's weight. ``install`` adds or replaces one version atomically (t
 update under a lock); ``remove`` takes versions out of routing and hands them back as ``Retired``:
 ``Retired.drain()`` waits for the requests that were already routed to them, then stops their worker.
 The model repository (repository.py) builds hot swap, canary and unload on these three calls.
+
+Image models (``ImageModel``, task ``image-classify``) take ``ainfer_images`` instead of ``ainfer``: a
+request's images are decoded and preprocessed in a worker thread (``asyncio.to_thread``; never on the event
+loop, and before queueing, so that one bad image fails only its own request), then the rows join the
+version's batcher like texts do, and the model call returns class probabilities.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import random
@@ -26,13 +32,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from kiln.errors import InvalidInputError, PayloadTooLargeError, UnknownModelError
 from kiln.monitor.capture import current_capture
 from kiln.serve.batching import BatchConfig, TextBatcher
+from kiln.serve.image_inputs import DEFAULT_MAX_PIXELS, ImageInputs, PreparedImages
 from kiln.settings import TEXT_OVERFLOW, Settings
 
 log = logging.getLogger("kiln.serve")
@@ -47,6 +54,27 @@ class TextModel(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+
+@runtime_checkable
+class ImageModel(Protocol):
+    """What the dataplane needs from a loaded image model."""
+
+    def prepare(self, images: ImageInputs, max_pixels: int) -> PreparedImages:
+        """A request's images as model rows (runs in a worker thread; raises request errors)."""
+        ...
+
+    def embed(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities ``[n, classes]`` of a batch of rows (runs in the batch worker)."""
+        ...
+
+
+ServedModel = TextModel | ImageModel
+
+
+def _no_tokens(items: Sequence[Any]) -> list[int]:
+    """An image costs no tokens: every image shares one batching bucket."""
+    return [0] * len(items)
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,8 @@ class ModelInfo:
     """The version this info describes (``versions``: every version of the model now loaded)."""
     labels: tuple[str, ...] = ()
     """Class names of a ``classify`` model: column ``k`` of its scores is ``labels[k]``."""
+    top_k: int | None = None
+    """Classes a classifier lists per input when a request does not say (``None``: all)."""
 
     @property
     def dimension(self) -> int:
@@ -89,18 +119,23 @@ class Limits:
 
     ``max_text_chars``: a longer text is always refused (400). ``text_overflow``: what happens to a text of
     more tokens than the model's ``max_length``: ``truncate`` (the model reads its first ``max_length``
-    tokens) or ``reject`` (400 naming the text, its tokens and the limit).
+    tokens) or ``reject`` (400 naming the text, its tokens and the limit). ``max_batch_items`` also
+    bounds the images of one request; ``max_image_pixels``: a larger image is refused (413) before it is
+    decoded.
     """
 
     max_batch_items: int = 256
     max_text_chars: int = 100_000
     text_overflow: str = "truncate"
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.text_overflow not in TEXT_OVERFLOW:
             raise ValueError(
                 f"text_overflow must be one of {', '.join(TEXT_OVERFLOW)}, not {self.text_overflow!r}"
             )
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be at least 1, not {self.max_image_pixels}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -108,6 +143,7 @@ class Limits:
             max_batch_items=settings.max_batch_items,
             max_text_chars=settings.max_text_chars,
             text_overflow=settings.text_overflow,
+            max_image_pixels=settings.max_image_pixels,
         )
 
 
@@ -149,10 +185,10 @@ class Canary:
 class _Version:
     """One loaded version: its metadata, model and batcher, and the requests routed to it not yet done."""
 
-    def __init__(self, info: ModelInfo, model: TextModel) -> None:
+    def __init__(self, info: ModelInfo, model: ServedModel) -> None:
         self.info = info
         self.model = model
-        self.batcher: TextBatcher | None = None  # set by the dataplane right after
+        self.batcher: TextBatcher[Any] | None = None  # set by the dataplane right after
         self._inflight = 0
         self._idle = threading.Condition()
 
@@ -257,14 +293,14 @@ class DataPlane:
         self._compute = threading.Lock()  # one model call at a time, across models: no oversubscription
 
     # -- models -------------------------------------------------------------------------------------
-    def add(self, info: ModelInfo, model: TextModel) -> None:
+    def add(self, info: ModelInfo, model: ServedModel) -> None:
         """Serve ``model`` as version ``info.version`` of ``info.name`` (a version already there is
         replaced, and stopped once its requests are done: this call may block until then)."""
         retired = self.install(info, model)
         if retired is not None:
             retired.drain()
 
-    def install(self, info: ModelInfo, model: TextModel) -> Retired | None:
+    def install(self, info: ModelInfo, model: ServedModel) -> Retired | None:
         """Serve ``model`` as version ``info.version`` of model ``info.name``, atomically: the next request
         routed to that version (or to the model, when it becomes the stable version) runs on it.
 
@@ -275,8 +311,8 @@ class DataPlane:
         served = _Version(info, model)
         served.batcher = TextBatcher(
             info.name,
-            run=lambda texts: self._embed(served, texts),
-            count_tokens=model.count_tokens,
+            run=lambda items: self._embed(served, items),
+            count_tokens=_no_tokens if isinstance(model, ImageModel) else model.count_tokens,
             config=self.batching,
             on_queue=self._queue_callback(info.name, info.version),
             max_tokens=self._token_limit(info, model),
@@ -332,9 +368,9 @@ class DataPlane:
                     names[alias] = entry.name
         self._names = names
 
-    def _token_limit(self, info: ModelInfo, model: TextModel) -> int | None:
+    def _token_limit(self, info: ModelInfo, model: ServedModel) -> int | None:
         """With ``text_overflow="reject"``: the tokens a text may have (the model's ``max_length``)."""
-        if self.limits.text_overflow != "reject":
+        if self.limits.text_overflow != "reject" or isinstance(model, ImageModel):
             return None
         if info.max_length is None or not getattr(model, "counts_untruncated", False):
             raise ValueError(
@@ -356,7 +392,7 @@ class DataPlane:
             return 0
         return sum(v.batcher.depth for v in list(entry.versions.values()) if v.batcher is not None)
 
-    def _batchers(self) -> list[TextBatcher]:
+    def _batchers(self) -> list[TextBatcher[Any]]:
         with self._lock:
             return [
                 v.batcher for m in self._models.values() for v in m.versions.values() if v.batcher is not None
@@ -492,9 +528,19 @@ class DataPlane:
         self.check_texts(items)
         served = self._enter(model_name, version)
         try:
+            self._check_text_model(served)
             return self._embed(served, items)
         finally:
             served.leave()
+
+    @staticmethod
+    def _check_text_model(served: _Version) -> None:
+        if isinstance(served.model, ImageModel):
+            info = served.info
+            raise InvalidInputError(
+                f"model {info.name!r} is an {info.task!r} model: it takes images, not texts (v2 infer with "
+                "the input named in its metadata, or POST /v1/images/classify)"
+            )
 
     async def ainfer(
         self,
@@ -512,6 +558,7 @@ class DataPlane:
         self.check_texts(items)  # fail fast, before queueing
         served = self._enter(model_name, version)
         try:
+            self._check_text_model(served)
             assert served.batcher is not None
             result = await served.batcher.submit(items)
         finally:
@@ -526,11 +573,48 @@ class DataPlane:
             version=served.info.version,
         )
 
+    def check_image_count(self, n: int) -> None:
+        """Raise a request error if a request holds no image, or more than ``max_batch_items``."""
+        if n == 0:
+            raise InvalidInputError("the input holds no images: send at least one")
+        if n > self.limits.max_batch_items:
+            raise PayloadTooLargeError(
+                f"{n} images in one request; the limit is {self.limits.max_batch_items} "
+                "(split the request, or raise KILN_MAX_BATCH_ITEMS)"
+            )
+
+    async def ainfer_images(
+        self, model_name: str, images: ImageInputs, *, version: str | None = None
+    ) -> Inference:
+        """Class probabilities ``[n, classes]`` of ``images`` (files as bytes, or a preprocessed tensor)
+        from ``version`` (default: routed). The images are decoded and preprocessed in a worker thread,
+        then batched with other requests' images off the event loop. Raises ``OverloadedError`` when the
+        version's queue is full, and request errors naming the image at fault."""
+        self.resolve(model_name, version)  # an unknown model is reported before a malformed input
+        self.check_image_count(len(images))
+        served = self._enter(model_name, version)
+        try:
+            model = served.model
+            if not isinstance(model, ImageModel):
+                info = served.info
+                raise InvalidInputError(
+                    f"model {info.name!r} is a {info.task!r} model: it takes texts, not images"
+                )
+            assert served.batcher is not None
+            served.batcher.check_room(len(images))  # before decoding: a full queue costs no work
+            prepared = await asyncio.to_thread(model.prepare, images, self.limits.max_image_pixels)
+            result = await served.batcher.submit(prepared.rows)
+        finally:
+            served.leave()
+        self._note(served.info, prepared.descriptions, None, result.embeddings)
+        return Inference(embeddings=result.embeddings, version=served.info.version)
+
     @staticmethod
-    def _note(info: ModelInfo, texts: list[str], tokens: list[int], rows: np.ndarray) -> None:
+    def _note(info: ModelInfo, texts: list[str], tokens: list[int] | None, rows: np.ndarray) -> None:
         """Tell the request log, when one is capturing this request (whatever the protocol), what ran:
         the rows (embeddings, or a classifier's class probabilities; summarised later, off the request's
-        path) and, for a classifier, each text's top label and its probability. No I/O here."""
+        path) and, for a classifier, each text's top label and its probability. No I/O here. For images,
+        ``texts`` are their descriptions (format, size, bytes: never the image) and ``tokens`` is None."""
         capture = current_capture()
         if capture is None:
             return
@@ -550,8 +634,9 @@ class DataPlane:
             version=info.version,
         )
 
-    def _embed(self, served: _Version, texts: list[str]) -> np.ndarray:
-        """One model call: float32 rows in input order, shape-checked and observed."""
+    def _embed(self, served: _Version, texts: list[Any]) -> np.ndarray:
+        """One model call (texts, or an image model's rows): float32 rows in input order, shape-checked
+        and observed."""
         info = served.info
         with self._compute:
             start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""A verified bundle becomes a served model: ONNX Runtime + tokenizers, never torch."""
+"""A verified bundle becomes a served model: ONNX Runtime + tokenizers (+ Pillow for images), never torch."""
 
 from __future__ import annotations
 
@@ -13,13 +13,22 @@ from kiln.bench.quality_classify import softmax
 from kiln.bundle.load import Bundle
 from kiln.errors import BundleError, TaskError
 from kiln.runtime.embedder import OnnxEmbedder
+from kiln.runtime.image_preprocess import preprocess
+from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
-from kiln.serve.dataplane import ModelInfo, TensorSpec, TextModel
+from kiln.serve.dataplane import ModelInfo, ServedModel, TensorSpec
+from kiln.serve.image_inputs import ImageInputs, PreparedImages, prepare_images
 from kiln.tasks.classify_config import TASK_NAME as CLASSIFY
 from kiln.tasks.classify_config import ClassifyConfig
 from kiln.tasks.embed_config import TASK_NAME, EmbedConfig
+from kiln.tasks.image_classify_config import TASK_NAME as IMAGE_CLASSIFY
+from kiln.tasks.image_classify_config import ImageClassifyConfig
 
 WARMUP_TEXT = "kiln warm-up"
+IMAGE_INPUT = "image"
+"""The v2 input of an image model that takes image files (BYTES, one element per image); its other
+input, named as the graph's (``ImageClassifyConfig.input_name``), takes preprocessed FP32 tensors."""
+CLASSIFIERS = frozenset({CLASSIFY, IMAGE_CLASSIFY})
 
 
 class UntruncatedCounter:
@@ -214,18 +223,104 @@ def load_classify_model(
     return info, model
 
 
+class ImageClassifyModel:
+    """An exported CNN (logits out) behind the bundle's preprocessing: images in, softmax ``scores`` out."""
+
+    def __init__(self, backend: OnnxBackend, config: ImageClassifyConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self.labels = tuple(config.labels)
+        self._input = backend.input_names[0]
+        names = backend.output_names
+        self._output = names.index(config.output_name) if config.output_name in names else 0
+
+    def prepare(self, images: ImageInputs, max_pixels: int) -> PreparedImages:
+        """Decode and preprocess image files, or check a preprocessed tensor (see ``image_inputs``)."""
+        return prepare_images(images, self.config.preprocess, max_pixels)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """The graph's logits for a float32 ``[n, 3, H, W]`` batch."""
+        out = self.backend.run({self._input: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.asarray(out[self._output], dtype=np.float32)
+
+    def embed(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities ``[n, classes]`` (float32) of preprocessed rows; column ``k`` is
+        ``labels[k]``."""
+        return softmax(self.logits(np.stack(list(rows)))).astype(np.float32)
+
+
+def image_classify_config(bundle: Bundle) -> ImageClassifyConfig:
+    try:
+        config = ImageClassifyConfig.model_validate(bundle.manifest.task_config)
+    except ValidationError as exc:
+        raise BundleError(f"bundle {bundle.root} has an invalid image-classify task_config: {exc}") from exc
+    if config.input_dtype != "float32":
+        raise BundleError(
+            f"bundle {bundle.root}: the model's input is {config.input_dtype}; "
+            "kiln serves float32 image inputs"
+        )
+    return config
+
+
+def load_image_classify_model(bundle: Bundle, threads: int = 0) -> tuple[ModelInfo, ImageClassifyModel]:
+    """Open an image-classify bundle, run one warm-up image and check it returns one score per class."""
+    config = image_classify_config(bundle)
+    model = ImageClassifyModel(bundle.backend(threads), config)
+    side = config.preprocess.crop
+    warmup = np.full((side, side, 3), 128, dtype=np.uint8)
+    n = len(config.labels)
+    try:
+        out = model.embed([preprocess(warmup, config.preprocess)])
+    except Exception as exc:  # ORT's own errors: wrong input name, rank or size
+        raise BundleError(
+            f"bundle {bundle.root}: the model cannot run one {side}x{side} image: {exc}"
+        ) from exc
+    if out.shape != (1, n):
+        raise BundleError(
+            f"bundle {bundle.root}: the model returns shape {tuple(out.shape)} for one image, "
+            f"but the manifest names {n} classes; rebuild the bundle"
+        )
+    tensor_name = config.input_name if config.input_name != IMAGE_INPUT else f"{IMAGE_INPUT}_tensor"
+    info = ModelInfo(
+        name=bundle.manifest.model_name,
+        inputs=(
+            TensorSpec(IMAGE_INPUT, "BYTES", (-1,)),
+            TensorSpec(tensor_name, "FP32", (-1, 3, side, side)),
+        ),
+        # scores first: the dataplane checks each batch's rows against outputs[0]'s last dimension
+        outputs=(
+            TensorSpec(config.scores_output, "FP32", (-1, n)),
+            TensorSpec(config.label_output, "BYTES", (-1,)),
+        ),
+        aliases=aliases(bundle),
+        task=IMAGE_CLASSIFY,
+        variant=bundle.manifest.chosen,
+        created=created_timestamp(bundle.manifest.created_at),
+        labels=tuple(config.labels),
+        top_k=config.top_k,
+    )
+    return info, model
+
+
 def load_model(
     bundle: Bundle, threads: int = 0, text_overflow: str = "truncate"
-) -> tuple[ModelInfo, TextModel]:
+) -> tuple[ModelInfo, ServedModel]:
     """Load a bundle of any task kiln serves (``text_overflow``: see :func:`load_embed_model`)."""
     if bundle.manifest.task == CLASSIFY:
         return load_classify_model(bundle, threads, text_overflow)
+    if bundle.manifest.task == IMAGE_CLASSIFY:
+        return load_image_classify_model(bundle, threads)
+    if bundle.manifest.task != TASK_NAME:
+        raise TaskError(
+            f"bundle {bundle.root} is for the {bundle.manifest.task!r} task; `kiln serve` serves "
+            f"{TASK_NAME!r}, {CLASSIFY!r} and {IMAGE_CLASSIFY!r} bundles"
+        )
     return load_embed_model(bundle, threads, text_overflow)
 
 
 def output_arrays(info: ModelInfo, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """A batch's rows as the model's named output tensors (classify: ``scores`` and ``label``)."""
-    if info.task == CLASSIFY:
+    """A batch's rows as the model's named output tensors (classifiers: ``scores`` and ``label``)."""
+    if info.task in CLASSIFIERS:
         scores, label = info.outputs[0].name, info.outputs[1].name
         return {scores: rows, label: np.asarray(top_labels(info.labels, rows), dtype=object)}
     return {info.outputs[0].name: rows}

@@ -32,11 +32,11 @@ from pathlib import Path
 from kiln.bundle.load import Bundle, load_bundle, read_manifest
 from kiln.bundle.manifest import MANIFEST_NAME
 from kiln.errors import BundleError, KilnError, UnknownModelError
-from kiln.serve.dataplane import DEFAULT_VERSION, Canary, DataPlane, ModelInfo, TextModel, version_key
+from kiln.serve.dataplane import DEFAULT_VERSION, Canary, DataPlane, ModelInfo, ServedModel, version_key
 
 log = logging.getLogger("kiln.serve")
 
-Loader = Callable[[Bundle], tuple[ModelInfo, TextModel]]
+Loader = Callable[[Bundle], tuple[ModelInfo, ServedModel]]
 """Opens a verified bundle and warms it: its info (name, aliases: the bundle's own) and its model."""
 
 READY = "READY"
@@ -304,7 +304,7 @@ class ModelRepository:
             )
         return source
 
-    def _open(self, source: Source, version: str, path: Path) -> tuple[ModelInfo, TextModel]:
+    def _open(self, source: Source, version: str, path: Path) -> tuple[ModelInfo, ServedModel]:
         """Verify, load and warm one version; its info carries the repository's name and the version."""
         bundle = self._verified.pop(path.resolve(), None) or load_bundle(path)
         info, model = self._loader(bundle)

@@ -6,7 +6,7 @@ import pytest
 
 from kiln.cli import _serve_settings, build_parser
 
-ENV = ("KILN_TEXT_OVERFLOW", "KILN_MAX_TEXT_CHARS", "KILN_API_KEYS_RELOAD_S")
+ENV = ("KILN_TEXT_OVERFLOW", "KILN_MAX_TEXT_CHARS", "KILN_API_KEYS_RELOAD_S", "KILN_MAX_IMAGE_PIXELS")
 
 
 @pytest.fixture
@@ -39,6 +39,7 @@ def test_flags_override_the_environment(clean_env: pytest.MonkeyPatch) -> None:
         (["--text-overflow", "cut"], "invalid choice: 'cut' (choose from 'truncate', 'reject')"),
         (["--max-text-chars", "0"], "0 is not at least 1"),
         (["--max-text-chars", "lots"], "'lots' is not a whole number"),
+        (["--max-image-pixels", "0"], "0 is not at least 1"),
         (["--api-keys-reload", "-1"], "-1 is not a number of seconds >= 0"),
         (["--api-keys-reload", "soon"], "'soon' is not a number of seconds"),
     ],
@@ -49,3 +50,13 @@ def test_bad_values_are_refused_with_the_reason(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "bundle", *flags])
     assert message in capsys.readouterr().err
+
+
+def test_the_image_pixel_limit_from_the_environment_or_the_flag(clean_env: pytest.MonkeyPatch) -> None:
+    from kiln.serve.dataplane import Limits
+
+    assert settings().max_image_pixels == 25_000_000
+    clean_env.setenv("KILN_MAX_IMAGE_PIXELS", "1000000")
+    assert settings().max_image_pixels == 1_000_000
+    s = settings("--max-image-pixels", "4000")
+    assert s.max_image_pixels == 4000 and Limits.from_settings(s).max_image_pixels == 4000
