@@ -71,9 +71,9 @@ def encode_bytes_tensor(items: Sequence[str | bytes]) -> bytes:
     return b"".join(parts)
 
 
-def decode_bytes_tensor(raw: bytes, count: int, name: str) -> list[str]:
-    """``count`` UTF-8 strings from the binary BYTES encoding, or ``InvalidInputError``."""
-    out: list[str] = []
+def split_bytes_tensor(raw: bytes, count: int, name: str) -> list[bytes]:
+    """``count`` elements from the binary BYTES encoding (each its raw bytes), or ``InvalidInputError``."""
+    out: list[bytes] = []
     pos = 0
     while pos < len(raw):
         if len(out) == count:
@@ -84,13 +84,21 @@ def decode_bytes_tensor(raw: bytes, count: int, name: str) -> list[str]:
         pos += 4
         if pos + length > len(raw):
             raise InvalidInputError(f"input {name!r}: element {len(out)} claims {length} bytes past the end")
-        try:
-            out.append(raw[pos : pos + length].decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidInputError(f"input {name!r}: element {len(out)} is not UTF-8 text") from None
+        out.append(raw[pos : pos + length])
         pos += length
     if len(out) != count:
         raise InvalidInputError(f"input {name!r} holds {len(out)} elements, but its shape says {count}")
+    return out
+
+
+def decode_bytes_tensor(raw: bytes, count: int, name: str) -> list[str]:
+    """``count`` UTF-8 strings from the binary BYTES encoding, or ``InvalidInputError``."""
+    out: list[str] = []
+    for i, item in enumerate(split_bytes_tensor(raw, count, name)):
+        try:
+            out.append(item.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"input {name!r}: element {i} is not UTF-8 text") from None
     return out
 
 
@@ -118,7 +126,7 @@ def tensor_bytes(array: np.ndarray) -> bytes:
     return little_endian_bytes(array)
 
 
-def _flatten_strings(data: Any, name: str) -> list[str]:
+def flatten_strings(data: Any, name: str) -> list[str]:
     if not isinstance(data, list):
         data = [data]
     out: list[str] = []
@@ -162,7 +170,7 @@ def _parse_input(tensor: Any, spec: TensorSpec, binary: bytes, offset: int) -> t
     if size is None:
         if "data" not in tensor:
             raise InvalidInputError(f'input {spec.name!r} has no "data" (and no binary_data_size)')
-        texts = _flatten_strings(tensor["data"], spec.name)
+        texts = flatten_strings(tensor["data"], spec.name)
         if len(texts) != count:
             raise InvalidInputError(
                 f"input {spec.name!r} holds {len(texts)} texts, but its shape says {count}"
@@ -180,14 +188,15 @@ def _parse_input(tensor: Any, spec: TensorSpec, binary: bytes, offset: int) -> t
     return decode_bytes_tensor(binary[offset : offset + size], count, spec.name), offset + size
 
 
-def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
+def flag(params: dict[str, Any], key: str, where: str) -> bool | None:
     value = params.get(key)
     if value is not None and not isinstance(value, bool):
         raise InvalidInputError(f"parameter {key!r} of {where} must be true or false")
     return value
 
 
-def _parse_outputs(doc: dict[str, Any], info: ModelInfo, binary_default: bool) -> tuple[RequestedOutput, ...]:
+def parse_outputs(doc: dict[str, Any], info: ModelInfo, binary_default: bool) -> tuple[RequestedOutput, ...]:
+    """The outputs a request asks for (all of the model's when it names none), each binary or not."""
     requested = doc.get("outputs")
     if requested is None or requested == []:
         return tuple(RequestedOutput(o.name, binary_default) for o in info.outputs)
@@ -206,7 +215,7 @@ def _parse_outputs(doc: dict[str, Any], info: ModelInfo, binary_default: bool) -
             raise InvalidInputError(f'"parameters" of output {name!r} must be a JSON object')
         if params.get("classification"):
             raise InvalidInputError("the classification extension is not supported by this model")
-        binary = _flag(params, "binary_data", f"output {name!r}")
+        binary = flag(params, "binary_data", f"output {name!r}")
         out.append(RequestedOutput(name, binary_default if binary is None else binary))
     return tuple(out)
 
@@ -221,7 +230,7 @@ def parse_infer_request(body: bytes, header_length: str | None, info: ModelInfo)
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise InvalidInputError('request "parameters" must be a JSON object')
-    binary_default = bool(_flag(params, "binary_data_output", "the request"))
+    binary_default = bool(flag(params, "binary_data_output", "the request"))
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInputError('"inputs" must be a non-empty list of tensors')
@@ -236,7 +245,7 @@ def parse_infer_request(body: bytes, header_length: str | None, info: ModelInfo)
             f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims "
             "(check binary_data_size)"
         )
-    return InferRequest(request_id, texts, _parse_outputs(doc, info, binary_default))
+    return InferRequest(request_id, texts, parse_outputs(doc, info, binary_default))
 
 
 def encode_infer_response(

@@ -2,7 +2,8 @@
 
 Model versions: ``/v2/models/{m}/versions/{v}`` (metadata), ``.../ready`` and ``.../infer`` address one
 loaded version; the unversioned routes use the stable version (infer: the stable or, by its weight, the
-canary version; the response's ``model_version`` says which).
+canary version; the response's ``model_version`` says which). Image models (``image-classify``) take
+image files or preprocessed images instead of texts: see ``v2_images``.
 
 Model repository (Triton's extension), when the app has a ``ModelRepository``:
 ``POST /v2/repository/index`` (``GET`` too), ``POST /v2/repository/models/{m}/load`` and
@@ -28,7 +29,15 @@ from kiln.serve.errors import error_response
 from kiln.serve.metrics import set_model_label
 from kiln.serve.models import output_arrays
 from kiln.serve.repository import ModelRepository
-from kiln.serve.v2_codec import HEADER_LENGTH, encode_infer_response, parse_infer_request, parse_json_object
+from kiln.serve.v2_codec import (
+    HEADER_LENGTH,
+    InferRequest,
+    encode_infer_response,
+    parse_infer_request,
+    parse_json_object,
+)
+from kiln.serve.v2_images import ImageInferRequest, parse_image_infer_request
+from kiln.tasks.image_classify_config import TASK_NAME as IMAGE_CLASSIFY
 
 SERVER_NAME = "kiln"
 EXTENSIONS = ("binary_tensor_data",)
@@ -123,8 +132,14 @@ class V2Adapter:
     async def infer(self, request: Request) -> Response:
         info, version = self._resolve(request, routed=True)
         body = await read_body(request, self.max_request_bytes)
-        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), info)
-        result = await self.dataplane.ainfer(info.name, parsed.texts, version=version)
+        declared = request.headers.get(HEADER_LENGTH)
+        parsed: InferRequest | ImageInferRequest
+        if info.task == IMAGE_CLASSIFY:
+            parsed = parse_image_infer_request(body, declared, info)
+            result = await self.dataplane.ainfer_images(info.name, parsed.images, version=version)
+        else:
+            parsed = parse_infer_request(body, declared, info)
+            result = await self.dataplane.ainfer(info.name, parsed.texts, version=version)
         arrays = output_arrays(info, result.embeddings)
         tensors = [(out, arrays[out.name]) for out in parsed.outputs]
         content, header_length = encode_infer_response(info.name, version, parsed.id, tensors)

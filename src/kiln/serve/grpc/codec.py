@@ -5,6 +5,11 @@ little-endian length then the bytes; what ``tritonclient.grpc`` sends) or as ``c
 Outputs answer in kind: raw ``raw_output_contents`` (flattened, row-major, little-endian) when the request
 used raw inputs, typed ``contents`` (``fp32_contents``) otherwise. Tensor rules (shapes, element counts,
 BYTES decoding, output datatypes) are shared with the REST adapter through ``v2_codec``.
+
+Image models (``v2_images``): the ``image`` input's files as ``raw_input_contents`` (length-prefixed
+elements, what tritonclient sends) or ``contents.bytes_contents`` (raw file bytes; base64 only with the
+input parameter ``content_type: "base64"``); the preprocessed-image input as raw little-endian float32 or
+``contents.fp32_contents``.
 """
 
 from __future__ import annotations
@@ -16,13 +21,26 @@ import numpy as np
 from kiln.errors import InvalidInputError
 from kiln.serve.dataplane import ModelInfo, TensorSpec
 from kiln.serve.grpc import grpc_predict_v2_pb2 as pb
+from kiln.serve.image_inputs import ImageInputs, ImageTensor
 from kiln.serve.v2_codec import (
     InferRequest,
     RequestedOutput,
     decode_bytes_tensor,
     output_datatype,
+    split_bytes_tensor,
     tensor_bytes,
     text_count,
+)
+from kiln.serve.v2_images import (
+    ImageInferRequest,
+    check_datatype,
+    content_is_base64,
+    decode_files,
+    image_count,
+    image_specs,
+    input_spec,
+    tensor_from_bytes,
+    tensor_shape,
 )
 
 _TYPED_FIELDS = (
@@ -122,6 +140,68 @@ def parse_infer_request(request: pb.ModelInferRequest, info: ModelInfo) -> Infer
         )
     texts = _parse_input(inputs[0], info.inputs[0], raw_contents[0] if use_raw else None)
     return InferRequest(request.id or None, texts, _parse_outputs(request, info, use_raw))
+
+
+def _parse_image_input(
+    tensor: pb.ModelInferRequest.InferInputTensor, info: ModelInfo, raw: bytes | None
+) -> ImageInputs:
+    spec = input_spec(info, tensor.name)
+    check_datatype(spec, tensor.datatype)
+    if raw is not None and tensor.HasField("contents"):
+        raise InvalidInputError(
+            f"input {spec.name!r} has both contents and raw_input_contents: send one (raw is faster)"
+        )
+    contents = tensor.contents
+    if spec.datatype == "FP32":
+        dims = tensor_shape(tensor.shape, spec)
+        if raw is not None:
+            return ImageTensor(tensor_from_bytes(raw, dims, spec.name))
+        wrong = [f for f in _TYPED_FIELDS if f != "fp32_contents" and len(getattr(contents, f))]
+        if wrong or len(contents.bytes_contents):
+            field = wrong[0] if wrong else "bytes_contents"
+            raise InvalidInputError(f"input {spec.name!r} is FP32: send it in fp32_contents, not {field}")
+        values = np.asarray(contents.fp32_contents, dtype=np.float32)
+        if values.size != int(np.prod(dims)):
+            raise InvalidInputError(
+                f"input {spec.name!r} holds {values.size} numbers, but its shape {list(dims)} says "
+                f"{int(np.prod(dims))}"
+            )
+        return ImageTensor(values.reshape(dims))
+    count = image_count(tensor.shape, spec)
+    param = tensor.parameters.get("content_type")
+    base64_encoded = content_is_base64(param.string_param if param is not None else None, spec.name)
+    if raw is not None:
+        return decode_files(split_bytes_tensor(raw, count, spec.name), base64_encoded, spec.name)
+    wrong = [f for f in _TYPED_FIELDS if len(getattr(contents, f))]
+    if wrong:
+        raise InvalidInputError(
+            f"input {spec.name!r} takes image files: send them in bytes_contents, not {wrong[0]}"
+        )
+    items = list(contents.bytes_contents)
+    if len(items) != count:
+        raise InvalidInputError(f"input {spec.name!r} holds {len(items)} images, but its shape says {count}")
+    return decode_files(items, base64_encoded, spec.name)
+
+
+def parse_image_infer_request(request: pb.ModelInferRequest, info: ModelInfo) -> ImageInferRequest:
+    """Validate a ModelInfer request for an image model (one input: image files, or preprocessed images).
+
+    ``RequestedOutput.binary`` of the result says whether to answer with raw output contents.
+    """
+    if len(request.inputs) != 1:
+        files, tensor = image_specs(info)
+        raise InvalidInputError(
+            f"model {info.name!r} takes one input per request: image files as {files.name!r} or "
+            f"preprocessed images as {tensor.name!r}; got {len(request.inputs)}"
+        )
+    raw_contents = request.raw_input_contents
+    if len(raw_contents) > 1:
+        raise InvalidInputError(
+            f"raw_input_contents has {len(raw_contents)} entries for 1 input: send one per input"
+        )
+    use_raw = len(raw_contents) == 1
+    images = _parse_image_input(request.inputs[0], info, raw_contents[0] if use_raw else None)
+    return ImageInferRequest(request.id or None, images, _parse_outputs(request, info, use_raw))
 
 
 def encode_infer_response(

@@ -47,6 +47,7 @@ from kiln.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from kiln.serve.grpc.calls import CallObserver, note_key, note_model
 from kiln.serve.keys import ADMIN_ROUTES
 from kiln.serve.models import output_arrays
+from kiln.tasks.image_classify_config import TASK_NAME as IMAGE_CLASSIFY
 
 log = logging.getLogger("kiln.serve")
 
@@ -175,12 +176,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         info = self.dataplane.route(request.model_name, request.model_version or None)
         note_model(info.name, info.version)
-        parsed = codec.parse_infer_request(request, info)
-        result = await self.dataplane.ainfer(info.name, parsed.texts, version=info.version)
+        if info.task == IMAGE_CLASSIFY:
+            images = codec.parse_image_infer_request(request, info)
+            outputs = images.outputs
+            request_id = images.id
+            result = await self.dataplane.ainfer_images(info.name, images.images, version=info.version)
+        else:
+            parsed = codec.parse_infer_request(request, info)
+            outputs = parsed.outputs
+            request_id = parsed.id
+            result = await self.dataplane.ainfer(info.name, parsed.texts, version=info.version)
         arrays = output_arrays(info, result.embeddings)
-        tensors = [(out, arrays[out.name]) for out in parsed.outputs]
+        tensors = [(out, arrays[out.name]) for out in outputs]
         version = result.version
-        return codec.encode_infer_response(info.name, version, parsed.id, tensors)
+        return codec.encode_infer_response(info.name, version, request_id, tensors)
 
 
 def address(host: str, port: int) -> str:
