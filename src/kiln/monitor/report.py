@@ -270,7 +270,7 @@ def render_html(report: MonitorReport, refresh_s: float | None = None) -> str:
         if report.reference_profile
         else "No reference profile: drift is not tested.",
     )
-    if report.task == "classify" or any(w.accuracy_estimate for w in ws):
+    if report.task in ("classify", "image-classify") or any(w.accuracy_estimate for w in ws):
         est = [w.accuracy_estimate for w in ws]
         real = [w.accuracy_realised for w in ws]
         series = [

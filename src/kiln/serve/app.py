@@ -24,6 +24,7 @@ from kiln.serve.dashboard import dashboard_routes, open_monitor_service
 from kiln.serve.dataplane import DataPlane, Limits
 from kiln.serve.errors import EXCEPTION_HANDLERS, ErrorBoundary
 from kiln.serve.feedback import feedback_routes
+from kiln.serve.image_routes import ImageAdapter
 from kiln.serve.metrics import Metrics, MetricsMiddleware
 from kiln.serve.models import load_model
 from kiln.serve.monitoring import RequestLogMiddleware, monitor_routes
@@ -94,6 +95,7 @@ def build_app(
         *V2Adapter(dataplane, limit, repository).routes(),
         *OpenAIAdapter(dataplane, limit).routes(),
         *ClassifyAdapter(dataplane, limit).routes(),
+        *ImageAdapter(dataplane, limit).routes(),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         *monitor_routes(request_log),
         *dashboard_routes(monitor),

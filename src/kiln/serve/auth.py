@@ -10,7 +10,8 @@ needs one except server health (``/v2/health/live``, ``/v2/health/ready``, gRPC 
 
 Route groups (a key's ``routes``):
 
-    infer      v2 infer, ``/v1/embeddings``, ``/v1/classify``, ``/v1/feedback``, gRPC ModelInfer
+    infer      v2 infer, ``/v1/embeddings``, ``/v1/classify``, ``/v1/images/classify``, ``/v1/feedback``,
+               gRPC ModelInfer
     metadata   server and model metadata, model readiness, ``/v1/models`` (it lists every served model);
                paths kiln does not serve fall here too, so a caller without a key learns nothing from a 404
     metrics    ``GET /metrics``, ``/dashboard`` and the request-log routes under ``/v2/monitor/``: they name
@@ -62,6 +63,9 @@ DASHBOARD_PATH = "/dashboard"
 """Same as ``dashboard.DASHBOARD_PATH``: the monitor's HTML view, a ``metrics`` route."""
 FEEDBACK_PATH = "/v1/feedback"
 """Same as ``feedback.PATH`` (not imported: feedback imports this module): an ``infer`` route."""
+INFER_PATHS = frozenset({"/v1/embeddings", "/v1/classify", "/v1/images/classify", FEEDBACK_PATH})
+"""The ``infer`` routes besides v2 infer (``image_routes.PATH`` and the others; not imported: they import
+this module)."""
 GRPC_ROUTES: dict[str, str | None] = {
     "ServerLive": None,
     "ServerReady": None,
@@ -88,7 +92,7 @@ def http_route_group(path: str) -> str | None:
         return "metrics"
     if path.startswith(ADMIN_PATH_PREFIX):
         return ADMIN_ROUTES
-    if path in ("/v1/embeddings", "/v1/classify", FEEDBACK_PATH) or _INFER_PATH.match(path):
+    if path in INFER_PATHS or _INFER_PATH.match(path):
         return "infer"
     return "metadata"
 

@@ -29,6 +29,7 @@ from kiln.serve.errors import ParamError
 from kiln.serve.metrics import set_model_label
 from kiln.serve.v2_codec import parse_json_object
 from kiln.tasks.classify_config import TASK_NAME as CLASSIFY
+from kiln.tasks.image_classify_config import TASK_NAME as IMAGE_CLASSIFY
 
 PATH = "/v1/classify"
 
@@ -59,9 +60,9 @@ def parse_classify_request(body: bytes) -> ClassifyRequest:
         raise ParamError(InvalidInputError(message), param) from None
 
 
-def classify_response(
-    model: str, labels: tuple[str, ...], scores: np.ndarray, top_k: int | None, prompt_tokens: int
-) -> dict[str, Any]:
+def classifications(labels: tuple[str, ...], scores: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
+    """One ``classification`` object per row of ``scores``: its top label and score, and the ``top_k``
+    best classes (all when ``None``), best first."""
     k = len(labels) if top_k is None else min(top_k, len(labels))
     data = []
     for i, row in enumerate(np.asarray(scores, dtype=np.float32)):
@@ -76,10 +77,16 @@ def classify_response(
                 "scores": ranked,
             }
         )
+    return data
+
+
+def classify_response(
+    model: str, labels: tuple[str, ...], scores: np.ndarray, top_k: int | None, prompt_tokens: int
+) -> dict[str, Any]:
     return {
         "object": "list",
         "model": model,
-        "data": data,
+        "data": classifications(labels, scores, top_k),
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
 
@@ -100,9 +107,10 @@ class ClassifyAdapter:
         set_model_label(request, info.name)
         authorize_model(request, info.name)
         if info.task != CLASSIFY:
+            hint = " (use /v1/images/classify)" if info.task == IMAGE_CLASSIFY else ""
             raise ParamError(
                 InvalidInputError(
-                    f"model {info.name!r} is a {info.task!r} model; /v1/classify serves classify models"
+                    f"model {info.name!r} is a {info.task!r} model; /v1/classify serves classify models{hint}"
                 ),
                 "model",
             )

@@ -5,8 +5,10 @@ capture for the request (``kiln.monitor.capture``), lets the dataplane fill it i
 hands one ``RequestEvent`` to the ``RequestLog`` queue: time, model and version, route template, status,
 latency, key id (set by the auth middleware; never the key), request id (set by
 the access-log middleware, echoed in ``X-Request-ID``), inputs and tokens,
-and, for a sampled request, its texts and outputs. Recording never fails nor delays a request: the
-writer thread does the hashing and the I/O.
+and, for a sampled request, its texts and outputs. An image model's inputs are logged as descriptions
+(format, width x height and bytes of each file, or a preprocessed tensor's shape) with the predicted label
+and score: never the image. Recording never fails nor delays a request: the writer thread does the
+hashing and the I/O.
 
 Logged: every request that ran an inference, and every request to an inference route (``LOGGED_ROUTES``)
 whatever its outcome (400, 404, 413, 429 ...). Health probes, metadata and /metrics are not logged.
@@ -47,6 +49,7 @@ LOGGED_ROUTES = frozenset(
         "/v2/models/{model_name}/versions/{model_version}/infer",
         "/v1/embeddings",
         "/v1/classify",
+        "/v1/images/classify",
     }
 )
 

@@ -113,6 +113,7 @@ class OpenAIAdapter:
                 InvalidInputError(
                     f"model {info.name!r} is a {info.task!r} model; /v1/embeddings serves embed models"
                     + (" (use /v1/classify)" if info.task == "classify" else "")
+                    + (" (use /v1/images/classify)" if info.task == "image-classify" else "")
                 ),
                 "model",
             )

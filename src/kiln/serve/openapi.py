@@ -8,7 +8,8 @@ and versions, so that a generated request names a model that exists; text inputs
 
 Not described: the binary tensor extension's request bodies (``application/octet-stream`` with
 ``Inference-Header-Content-Length``; their answers are), ``/dashboard`` (an HTML page) and ``/metrics``'s
-text format beyond its media type.
+text format beyond its media type. When image models are served, v2 infer's input may also be their image
+files (BYTES, base64 in JSON) or preprocessed images (FP32 ``[n, 3, H, W]``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kiln import __version__
-from kiln.serve.dataplane import DataPlane
+from kiln.serve.dataplane import DataPlane, ModelInfo
 
 PATH = "/openapi.json"
 JSON = "application/json"
@@ -68,7 +69,44 @@ def _openai_errors(*codes: int) -> dict[str, Any]:
     return _errors("OpenAIError", 401, 403, *codes)
 
 
-def _components(max_items: int, max_chars: int) -> dict[str, Schema]:
+def _image_tensors(images: list[ModelInfo], max_items: int) -> list[Schema]:
+    """v2 input tensors of the served image models: their files (BYTES) and preprocessed images (FP32)."""
+    files = sorted({s.name for i in images for s in i.inputs if s.datatype == "BYTES"})
+    tensors = sorted({s.name for i in images for s in i.inputs if s.datatype == "FP32"})
+    count = {"type": "integer", "minimum": 1, "maximum": max_items}
+    parameters = {"type": "object", "additionalProperties": True}
+    return [
+        {
+            "type": "object",
+            "required": ["name", "datatype", "shape", "data"],
+            "properties": {
+                "name": {"type": "string", "enum": files},
+                "datatype": {"type": "string", "enum": ["BYTES"]},
+                "shape": {"type": "array", "items": count, "minItems": 1, "maxItems": 1},
+                "data": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "byte", "description": "base64 of an image file"},
+                    "minItems": 1,
+                    "maxItems": max_items,
+                },
+                "parameters": parameters,
+            },
+        },
+        {
+            "type": "object",
+            "required": ["name", "datatype", "shape", "data"],
+            "properties": {
+                "name": {"type": "string", "enum": tensors},
+                "datatype": {"type": "string", "enum": ["FP32"]},
+                "shape": {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4},
+                "data": {"type": "array", "description": "n x 3 x H x W numbers, flat or nested"},
+                "parameters": parameters,
+            },
+        },
+    ]
+
+
+def _components(max_items: int, max_chars: int, images: list[ModelInfo] | None = None) -> dict[str, Schema]:
     text = {"type": "string", "minLength": 1, "maxLength": max_chars}
     texts = {"oneOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": max_items}]}
     usage = {
@@ -86,6 +124,41 @@ def _components(max_items: int, max_chars: int) -> dict[str, Schema]:
         },
     }
     parameters = {"type": "object", "additionalProperties": True}
+    text_tensor: Schema = {
+        "type": "object",
+        "required": ["name", "datatype", "shape", "data"],
+        "properties": {
+            "name": {"type": "string", "enum": ["text"]},
+            "datatype": {"type": "string", "enum": ["BYTES"]},
+            "shape": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": max_items},
+                "minItems": 1,
+                "maxItems": 1,
+            },
+            "data": {"type": "array", "items": text, "minItems": 1, "maxItems": max_items},
+            "parameters": parameters,
+        },
+    }
+    input_tensor = {"oneOf": [text_tensor, *_image_tensors(images, max_items)]} if images else text_tensor
+    classification = {
+        "type": "object",
+        "required": ["object", "index", "label", "score", "scores"],
+        "properties": {
+            "object": {"type": "string", "enum": ["classification"]},
+            "index": {"type": "integer"},
+            "label": {"type": "string"},
+            "score": {"type": "number"},
+            "scores": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["label", "score"],
+                    "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
+                },
+            },
+        },
+    }
     return {
         "V2Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
         "OpenAIError": {
@@ -130,27 +203,7 @@ def _components(max_items: int, max_chars: int) -> dict[str, Schema]:
             "properties": {
                 "id": {"type": "string"},
                 "parameters": parameters,
-                "inputs": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "datatype", "shape", "data"],
-                        "properties": {
-                            "name": {"type": "string", "enum": ["text"]},
-                            "datatype": {"type": "string", "enum": ["BYTES"]},
-                            "shape": {
-                                "type": "array",
-                                "items": {"type": "integer", "minimum": 1, "maximum": max_items},
-                                "minItems": 1,
-                                "maxItems": 1,
-                            },
-                            "data": {"type": "array", "items": text, "minItems": 1, "maxItems": max_items},
-                            "parameters": parameters,
-                        },
-                    },
-                },
+                "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": input_tensor},
                 "outputs": {
                     "type": "array",
                     "items": {
@@ -237,27 +290,52 @@ def _components(max_items: int, max_chars: int) -> dict[str, Schema]:
                 "object": {"type": "string", "enum": ["list"]},
                 "model": {"type": "string"},
                 "usage": usage,
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["object", "index", "label", "score", "scores"],
-                        "properties": {
-                            "object": {"type": "string", "enum": ["classification"]},
-                            "index": {"type": "integer"},
-                            "label": {"type": "string"},
-                            "score": {"type": "number"},
-                            "scores": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "required": ["label", "score"],
-                                    "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
-                                },
-                            },
+                "data": {"type": "array", "items": classification},
+            },
+        },
+        "ImagesClassifyRequest": {
+            "type": "object",
+            "required": ["model", "images"],
+            "additionalProperties": False,
+            "properties": {
+                "model": {"type": "string"},
+                "images": {
+                    "oneOf": [
+                        {"type": "string", "format": "byte"},
+                        {
+                            "type": "array",
+                            "items": {"type": "string", "format": "byte"},
+                            "minItems": 1,
+                            "maxItems": max_items,
                         },
-                    },
+                    ],
+                    "description": "base64 of each image file",
                 },
+                "top_k": {"type": "integer", "minimum": 1},
+            },
+        },
+        "ImagesClassifyForm": {
+            "type": "object",
+            "required": ["model", "file"],
+            "properties": {
+                "model": {"type": "string"},
+                "file": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "binary"},
+                    "minItems": 1,
+                    "maxItems": max_items,
+                    "description": "the image files (JPEG, PNG, WebP, GIF, BMP, TIFF), one part each",
+                },
+                "top_k": {"type": "integer", "minimum": 1},
+            },
+        },
+        "ImagesClassifyResponse": {
+            "type": "object",
+            "required": ["object", "model", "data"],
+            "properties": {
+                "object": {"type": "string", "enum": ["list"]},
+                "model": {"type": "string"},
+                "data": {"type": "array", "items": classification},
             },
         },
         "Model": {
@@ -303,6 +381,7 @@ def openapi_document(dataplane: DataPlane, repository: bool = False) -> dict[str
     limits = dataplane.limits
     names: set[str] = set()
     versions: set[str] = set()
+    images = [i for i in dataplane.models() if i.task == "image-classify"]
     for info in dataplane.models():
         names.add(info.name)
         names.update(info.aliases)
@@ -379,6 +458,22 @@ def openapi_document(dataplane: DataPlane, repository: bool = False) -> dict[str
                 "requestBody": {"required": True, **_json(_ref("ClassifyRequest"))},
                 "responses": {
                     "200": _answer("classifications", _ref("ClassifyResponse")),
+                    **_openai_errors(400, 404, 413, 429),
+                },
+            }
+        },
+        "/v1/images/classify": {
+            "post": {
+                "summary": "labels and class probabilities of image files (image-classify models)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {"schema": _ref("ImagesClassifyForm")},
+                        JSON: {"schema": _ref("ImagesClassifyRequest")},
+                    },
+                },
+                "responses": {
+                    "200": _answer("classifications", _ref("ImagesClassifyResponse")),
                     **_openai_errors(400, 404, 413, 429),
                 },
             }
@@ -471,7 +566,7 @@ def openapi_document(dataplane: DataPlane, repository: bool = False) -> dict[str
         "info": {"title": "kiln", "version": __version__},
         "paths": paths,
         "components": {
-            "schemas": _components(limits.max_batch_items, limits.max_text_chars),
+            "schemas": _components(limits.max_batch_items, limits.max_text_chars, images),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

@@ -202,6 +202,8 @@ def run_server(
     log.info("  Open Inference Protocol v2: POST %s/v2/models/%s/infer", url, name)
     log.info("  model repository (admin):   POST %s/v2/repository/index", url)
     log.info("  OpenAI-compatible:          POST %s/v1/embeddings", url)
+    if any(i.task == "image-classify" for i in dataplane.models()):
+        log.info("  image classification:       POST %s/v1/images/classify (multipart 'file' parts)", url)
     log.info("  health: %s/v2/health/ready   metrics: %s/metrics", url, url)
     if guard is not None:
         keys = len(guard.store.keys)
