@@ -91,3 +91,103 @@ def image_build(tiny_cnn: Path, tmp_path_factory: pytest.TempPathFactory) -> Ima
         console=console,
     )
     return ImageBuild(tiny_cnn, result.bundle_dir, console.export_text())
+
+
+TINY_IMAGE_MODEL = "tiny-cnn"
+TINY_IMAGE_PREPROCESS = {
+    "resize": 36,
+    "crop": TINY_SIDE,
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+}
+
+
+def write_tiny_cnn_onnx(path: Path, seed: int = 0) -> Path:
+    """A CNN built with ``onnx.helper`` (no torch, well under a second): two stride-2 conv + ReLU blocks,
+    global average pooling and a linear head; input ``input`` N x 3 x 32 x 32, output ``logits`` N x 4."""
+    import numpy as np
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def weights(*shape: int) -> np.ndarray:
+        fan_in = int(np.prod(shape[1:]))
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+    inits = [
+        numpy_helper.from_array(weights(8, 3, 3, 3), "w1"),
+        numpy_helper.from_array((0.1 * rng.standard_normal(8)).astype(np.float32), "b1"),
+        numpy_helper.from_array(weights(16, 8, 3, 3), "w2"),
+        numpy_helper.from_array((0.1 * rng.standard_normal(16)).astype(np.float32), "b2"),
+        numpy_helper.from_array(weights(len(TINY_LABELS), 16) * 4, "w3"),
+        numpy_helper.from_array(np.zeros(len(TINY_LABELS), dtype=np.float32), "b3"),
+    ]
+    conv = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], **conv),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], **conv),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w3", "b3"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, TINY_SIDE, TINY_SIDE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(TINY_LABELS)])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_tiny_image_bundle(out: Path, model_name: str = TINY_IMAGE_MODEL, seed: int = 0) -> Path:
+    """An image-classify bundle as ``kiln build`` writes one (manifest, ``model.onnx``, ``preprocess.json``),
+    written directly from :func:`write_tiny_cnn_onnx` (no search): for serving tests."""
+    from datetime import datetime, timezone
+
+    from kiln import __version__
+    from kiln.bench.scores import VariantRecord
+    from kiln.bundle.manifest import Manifest, SourceRecord
+    from kiln.bundle.write import write_bundle
+    from kiln.runtime.image_preprocess import ImagePreprocess
+    from kiln.tasks.image_classify_config import ImageClassifyConfig
+
+    work = out.parent / f".{out.name}-src"
+    work.mkdir(parents=True, exist_ok=True)
+    artifact = write_tiny_cnn_onnx(work / "model.onnx", seed)
+    pre = ImagePreprocess.model_validate(TINY_IMAGE_PREPROCESS)
+    config = ImageClassifyConfig(
+        input_name="input", input_shape=pre.input_shape(), preprocess=pre, labels=list(TINY_LABELS)
+    )
+    manifest = Manifest(
+        kiln_version=__version__,
+        created_at=datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).isoformat(),
+        model_name=model_name,
+        task="image-classify",
+        task_config=config.model_dump(mode="json"),
+        license="mit",
+        source=SourceRecord(kind="local", spec=str(work), path=str(work)),
+        variants=[
+            VariantRecord(name="onnx-fp32", format="onnx", recipe=[{"kind": "export"}], file="model.onnx")
+        ],
+        chosen="onnx-fp32",
+        chosen_reason="the only variant (test fixture)",
+        artifact="model.onnx",
+        tokenizer="preprocess.json",
+    )
+    preprocess = config.model_dump_json(include={"input_name", "input_shape", "input_dtype", "preprocess"})
+    return write_bundle(out, manifest, {"model.onnx": artifact}, texts={"preprocess.json": preprocess})
+
+
+@pytest.fixture(scope="session")
+def tiny_image_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny image-classify bundle for the whole session (treat it as read-only)."""
+    return build_tiny_image_bundle(tmp_path_factory.mktemp("tiny-image") / "tiny-cnn-bundle")
