@@ -656,8 +656,8 @@ class _BuildRun:
                         why = f"{candidate.name} did not pass its gates"
                     else:
                         why = (
-                            f"{candidate.name} is over budget on the ranking screen (drop {drop:+.4f}): "
-                            "quantizing it would not bring it back"
+                            f"{candidate.name} is clearly over budget on the ranking screen (drop "
+                            f"{drop:+.4f}): quantizing it would not bring it back"
                         )
                     self.trace.add(child, summary, "not started", "skipped", why)
                 self.progress.advance(task, 1)
@@ -760,8 +760,11 @@ class _BuildRun:
 
     def _screen_and_evaluate(self, c: _Candidate, screen: Quality | None = None) -> bool:
         """Ranking screen (unless ``screen`` is its result already), then, if not clearly over budget,
-        the held-out evaluation. True if the *screen* is within the budget: search decisions (such as
-        trying a structural candidate's INT8 children) never look at the held-out split."""
+        the held-out evaluation. True if the *screen* is not clearly over the budget (the same test
+        that lets a candidate reach the held-out split): search decisions (such as trying a structural
+        candidate's INT8 children) never look at the held-out split. (A strict "screen drop within the
+        budget" turned away a student whose held-out drop was +0.26 pt at a screen drop of +1.05 pt,
+        well inside the screen's noise on 765 texts.)"""
         name = c.record.name
         self.trace.update(name, stage="ranking screen")
         assert c.embedder is not None
@@ -783,7 +786,7 @@ class _BuildRun:
             outcome="kept",
             reason=f"held-out drop {q.drop:+.4f}, {verdict} the budget {self.max_drop:g}",
         )
-        return screen.drop <= self.max_drop
+        return True
 
     def _try(
         self,
