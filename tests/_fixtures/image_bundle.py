@@ -151,11 +151,9 @@ def write_tiny_cnn_onnx(path: Path, seed: int = 0) -> Path:
 def build_tiny_image_bundle(out: Path, model_name: str = TINY_IMAGE_MODEL, seed: int = 0) -> Path:
     """An image-classify bundle as ``kiln build`` writes one (manifest, ``model.onnx``, ``preprocess.json``),
     written directly from :func:`write_tiny_cnn_onnx` (no search): for serving tests."""
-    from datetime import datetime, timezone
 
-    from kiln import __version__
-    from kiln.bench.scores import VariantRecord
-    from kiln.bundle.manifest import Manifest, SourceRecord
+    from _fixtures.tiny_bundle import fixture_manifest
+    from kiln.bundle.manifest import SourceRecord
     from kiln.bundle.write import write_bundle
     from kiln.runtime.image_preprocess import ImagePreprocess
     from kiln.tasks.image_classify_config import ImageClassifyConfig
@@ -167,20 +165,12 @@ def build_tiny_image_bundle(out: Path, model_name: str = TINY_IMAGE_MODEL, seed:
     config = ImageClassifyConfig(
         input_name="input", input_shape=pre.input_shape(), preprocess=pre, labels=list(TINY_LABELS)
     )
-    manifest = Manifest(
-        kiln_version=__version__,
-        created_at=datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).isoformat(),
-        model_name=model_name,
-        task="image-classify",
-        task_config=config.model_dump(mode="json"),
+    manifest = fixture_manifest(
+        model_name,
+        "image-classify",
+        config.model_dump(mode="json"),
+        SourceRecord(kind="local", spec=str(work), path=str(work)),
         license="mit",
-        source=SourceRecord(kind="local", spec=str(work), path=str(work)),
-        variants=[
-            VariantRecord(name="onnx-fp32", format="onnx", recipe=[{"kind": "export"}], file="model.onnx")
-        ],
-        chosen="onnx-fp32",
-        chosen_reason="the only variant (test fixture)",
-        artifact="model.onnx",
         tokenizer="preprocess.json",
     )
     preprocess = config.model_dump_json(include={"input_name", "input_shape", "input_dtype", "preprocess"})

@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from _fixtures.tiny_bundle import TINY_WORDS, tiny_reference_embeddings, write_tiny_onnx, write_tiny_tokenizer
+from _fixtures.tiny_bundle import (
+    TINY_WORDS,
+    fixture_manifest,
+    tiny_reference_embeddings,
+    write_tiny_onnx,
+    write_tiny_tokenizer,
+)
 
 CLASSES = ("neg", "pos")
 
@@ -40,9 +45,7 @@ def embed_bundle_with_profile(tiny_bundle: Path, out: Path) -> Path:
 def classify_bundle_with_profile(out: Path) -> Path:
     """A tiny classify bundle (logits = the tiny graph's 2-d output) carrying a labelled profile."""
     from _fixtures.tiny_bundle import tiny_vocab
-    from kiln import __version__
-    from kiln.bench.scores import VariantRecord
-    from kiln.bundle.manifest import Manifest, SourceRecord
+    from kiln.bundle.manifest import SourceRecord
     from kiln.bundle.write import write_bundle
     from kiln.monitor.profile import make_reference_profile, save_profile
     from kiln.tasks.classify_config import ClassifyConfig
@@ -51,21 +54,11 @@ def classify_bundle_with_profile(out: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = write_tiny_tokenizer(work / "tokenizer.json")
     artifact = write_tiny_onnx(work / "model.onnx", len(tiny_vocab()), 2, seed=3)
-    manifest = Manifest(
-        kiln_version=__version__,
-        created_at=datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).isoformat(),
-        model_name="tiny-classify",
-        task="classify",
-        task_config=ClassifyConfig(max_length=16, labels=list(CLASSES)).model_dump(),
-        license="apache-2.0",
-        source=SourceRecord(kind="local", spec=str(work), path=str(work)),
-        variants=[
-            VariantRecord(name="onnx-fp32", format="onnx", recipe=[{"kind": "export"}], file="model.onnx")
-        ],
-        chosen="onnx-fp32",
-        chosen_reason="the only variant (test fixture)",
-        artifact="model.onnx",
-        tokenizer="tokenizer.json",
+    manifest = fixture_manifest(
+        "tiny-classify",
+        "classify",
+        ClassifyConfig(max_length=16, labels=list(CLASSES)).model_dump(),
+        SourceRecord(kind="local", spec=str(work), path=str(work)),
     )
     root = write_bundle(out, manifest, {"model.onnx": artifact, "tokenizer.json": tokenizer})
     texts = reference_texts(seed=1)

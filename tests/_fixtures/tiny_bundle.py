@@ -119,6 +119,37 @@ def write_tiny_onnx(path: Path, vocab_size: int, dim: int, seed: int = 0) -> Pat
     return path
 
 
+def fixture_manifest(
+    model_name: str,
+    task: str,
+    task_config: dict[str, Any],
+    source: Any,
+    license: str = "apache-2.0",
+    tokenizer: str = "tokenizer.json",
+) -> Any:
+    """The manifest of a one-variant test bundle (``model.onnx``, written without a build)."""
+    from kiln import __version__
+    from kiln.bench.scores import VariantRecord
+    from kiln.bundle.manifest import Manifest
+
+    return Manifest(
+        kiln_version=__version__,
+        created_at=datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).isoformat(),
+        model_name=model_name,
+        task=task,
+        task_config=task_config,
+        license=license,
+        source=source,
+        variants=[
+            VariantRecord(name="onnx-fp32", format="onnx", recipe=[{"kind": "export"}], file="model.onnx")
+        ],
+        chosen="onnx-fp32",
+        chosen_reason="the only variant (test fixture)",
+        artifact="model.onnx",
+        tokenizer=tokenizer,
+    )
+
+
 def build_tiny_bundle(
     out: Path,
     *,
@@ -130,9 +161,7 @@ def build_tiny_bundle(
     source_spec: str | None = None,
 ) -> Path:
     """Write a complete, verifiable bundle to ``out`` (which must not exist or be empty)."""
-    from kiln import __version__
-    from kiln.bench.scores import VariantRecord
-    from kiln.bundle.manifest import Manifest, SourceRecord
+    from kiln.bundle.manifest import SourceRecord
     from kiln.bundle.write import write_bundle
     from kiln.tasks.embed_config import EmbedConfig
 
@@ -140,21 +169,11 @@ def build_tiny_bundle(
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = write_tiny_tokenizer(work / "tokenizer.json")
     artifact = write_tiny_onnx(work / "model.onnx", len(tiny_vocab()), dim, seed)
-    manifest = Manifest(
-        kiln_version=__version__,
-        created_at=datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).isoformat(),
-        model_name=model_name,
-        task="embed",
-        task_config=EmbedConfig(max_length=max_length, dimension=dim).model_dump(),
-        license="apache-2.0",
-        source=SourceRecord(kind=source_kind, spec=source_spec or str(work), path=str(work)),
-        variants=[
-            VariantRecord(name="onnx-fp32", format="onnx", recipe=[{"kind": "export"}], file="model.onnx")
-        ],
-        chosen="onnx-fp32",
-        chosen_reason="the only variant (test fixture)",
-        artifact="model.onnx",
-        tokenizer="tokenizer.json",
+    manifest = fixture_manifest(
+        model_name,
+        "embed",
+        EmbedConfig(max_length=max_length, dimension=dim).model_dump(),
+        SourceRecord(kind=source_kind, spec=source_spec or str(work), path=str(work)),
     )
     return write_bundle(out, manifest, {"model.onnx": artifact, "tokenizer.json": tokenizer})
 

@@ -24,9 +24,11 @@ print(json.dumps({"status": [ok, ok2], "heavy": heavy}))
 """
 
 
-def test_serving_imports_no_torch(tiny_bundle: Path) -> None:
+def _serve_in_a_fresh_process(script: str, bundle: Path) -> None:
+    """Run ``script`` (two requests to ``bundle``) in a new interpreter; both answer 200 and no heavy
+    module was imported."""
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tiny_bundle)],
+        [sys.executable, "-c", script, str(bundle)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -36,6 +38,10 @@ def test_serving_imports_no_torch(tiny_bundle: Path) -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == [200, 200]
     assert result["heavy"] == []
+
+
+def test_serving_imports_no_torch(tiny_bundle: Path) -> None:
+    _serve_in_a_fresh_process(SCRIPT, tiny_bundle)
 
 
 IMAGE_SCRIPT = """
@@ -61,15 +67,4 @@ print(json.dumps({"status": [ok, ok2], "heavy": heavy}))
 def test_serving_an_image_model_imports_no_torch(tmp_path: Path) -> None:
     from _fixtures.image_bundle import build_tiny_image_bundle
 
-    bundle = build_tiny_image_bundle(tmp_path / "tiny-cnn")
-    proc = subprocess.run(
-        [sys.executable, "-c", IMAGE_SCRIPT, str(bundle)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["status"] == [200, 200]
-    assert result["heavy"] == []
+    _serve_in_a_fresh_process(IMAGE_SCRIPT, build_tiny_image_bundle(tmp_path / "tiny-cnn"))

@@ -22,11 +22,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kiln.errors import InvalidInputError, RequestError
-from kiln.serve.auth import authorize_model
 from kiln.serve.body import read_body
-from kiln.serve.dataplane import DataPlane, ModelInfo
+from kiln.serve.dataplane import DataPlane
 from kiln.serve.errors import ParamError
 from kiln.serve.metrics import set_model_label
+from kiln.serve.route_models import resolve_model
 from kiln.serve.v2_codec import parse_json_object
 from kiln.tasks.classify_config import TASK_NAME as CLASSIFY
 from kiln.tasks.image_classify_config import TASK_NAME as IMAGE_CLASSIFY
@@ -99,27 +99,12 @@ class ClassifyAdapter:
     def routes(self) -> list[BaseRoute]:
         return [Route(PATH, self.classify, methods=["POST"])]
 
-    def _resolve(self, request: Request, name: str) -> ModelInfo:
-        try:
-            info = self.dataplane.resolve(name)
-        except RequestError as exc:
-            raise ParamError(exc, "model") from None
-        set_model_label(request, info.name)
-        authorize_model(request, info.name)
-        if info.task != CLASSIFY:
-            hint = " (use /v1/images/classify)" if info.task == IMAGE_CLASSIFY else ""
-            raise ParamError(
-                InvalidInputError(
-                    f"model {info.name!r} is a {info.task!r} model; /v1/classify serves classify models{hint}"
-                ),
-                "model",
-            )
-        return info
-
     async def classify(self, request: Request) -> Response:
         body = await read_body(request, self.max_request_bytes)
         req = parse_classify_request(body)
-        info = self._resolve(request, req.model)
+        info = resolve_model(
+            self.dataplane, request, req.model, CLASSIFY, PATH, {IMAGE_CLASSIFY: "/v1/images/classify"}
+        )
         texts = [req.input] if isinstance(req.input, str) else req.input
         try:
             result = await self.dataplane.ainfer(info.name, texts, with_tokens=True)

@@ -30,7 +30,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kiln.errors import InvalidInputError, RequestError
-from kiln.serve.auth import authorize_model
 from kiln.serve.body import read_body
 from kiln.serve.classify_routes import classifications
 from kiln.serve.dataplane import DataPlane, ModelInfo
@@ -38,7 +37,9 @@ from kiln.serve.errors import ParamError
 from kiln.serve.image_inputs import EncodedImages, decode_base64
 from kiln.serve.metrics import set_model_label
 from kiln.serve.multipart import Part, parse_multipart
+from kiln.serve.route_models import resolve_model
 from kiln.serve.v2_codec import parse_json_object
+from kiln.tasks.classify_config import TASK_NAME as CLASSIFY
 from kiln.tasks.image_classify_config import TASK_NAME as IMAGE_CLASSIFY
 
 PATH = "/v1/images/classify"
@@ -148,23 +149,6 @@ class ImageAdapter:
     def routes(self) -> list[BaseRoute]:
         return [Route(PATH, self.classify, methods=["POST"])]
 
-    def _resolve(self, request: Request, name: str) -> ModelInfo:
-        try:
-            info = self.dataplane.resolve(name)
-        except RequestError as exc:
-            raise ParamError(exc, "model") from None
-        set_model_label(request, info.name)
-        authorize_model(request, info.name)
-        if info.task != IMAGE_CLASSIFY:
-            hint = " (use /v1/classify)" if info.task == "classify" else ""
-            raise ParamError(
-                InvalidInputError(
-                    f"model {info.name!r} is a {info.task!r} model; {PATH} serves image-classify models{hint}"
-                ),
-                "model",
-            )
-        return info
-
     async def classify(self, request: Request) -> Response:
         body = await read_body(request, self.max_request_bytes)
         content_type = request.headers.get("content-type", "")
@@ -180,7 +164,7 @@ class ImageAdapter:
                 f"Content-Type {kind!r} is not supported: send multipart/form-data (the image files as "
                 '\'file\' parts) or application/json ({"model": ..., "images": [base64, ...]})'
             )
-        info = self._resolve(request, name)
+        info = resolve_model(self.dataplane, request, name, IMAGE_CLASSIFY, PATH, {CLASSIFY: "/v1/classify"})
         try:
             result = await self.dataplane.ainfer_images(info.name, EncodedImages(files))
         except RequestError as exc:

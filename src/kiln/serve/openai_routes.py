@@ -12,11 +12,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kiln.errors import InvalidInputError, RequestError
-from kiln.serve.auth import authorize_model
 from kiln.serve.body import read_body
 from kiln.serve.dataplane import DataPlane, ModelInfo
 from kiln.serve.errors import ParamError
 from kiln.serve.metrics import set_model_label
+from kiln.serve.route_models import resolve_model
 from kiln.serve.v2_codec import parse_json_object
 
 OWNER = "kiln"
@@ -89,25 +89,18 @@ class OpenAIAdapter:
             Route("/v1/models/{model_name}", self.get_model, methods=["GET"]),
         ]
 
-    def _resolve(self, request: Request, name: str) -> ModelInfo:
-        try:
-            info = self.dataplane.resolve(name)
-        except RequestError as exc:
-            raise ParamError(exc, "model") from None
-        set_model_label(request, info.name)
-        authorize_model(request, info.name)  # the API key's model scope (no-op without keys)
-        return info
-
     async def list_models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [model_card(i) for i in self.dataplane.models()]})
 
     async def get_model(self, request: Request) -> Response:
-        return JSONResponse(model_card(self._resolve(request, request.path_params["model_name"])))
+        return JSONResponse(
+            model_card(resolve_model(self.dataplane, request, request.path_params["model_name"]))
+        )
 
     async def embeddings(self, request: Request) -> Response:
         body = await read_body(request, self.max_request_bytes)
         req = parse_embeddings_request(body)
-        info = self._resolve(request, req.model)
+        info = resolve_model(self.dataplane, request, req.model)
         if info.task != "embed":
             raise ParamError(
                 InvalidInputError(

@@ -220,8 +220,19 @@ def parse_outputs(doc: dict[str, Any], info: ModelInfo, binary_default: bool) ->
     return tuple(out)
 
 
-def parse_infer_request(body: bytes, header_length: str | None, info: ModelInfo) -> InferRequest:
-    """Validate a v2 inference request for a model with one BYTES input."""
+@dataclass(frozen=True)
+class RequestEnvelope:
+    """What every v2 inference request has, whatever the model: checked, not yet its inputs."""
+
+    doc: dict[str, Any]
+    binary: bytes
+    request_id: str | None
+    binary_default: bool
+    inputs: list[Any]
+
+
+def parse_envelope(body: bytes, header_length: str | None) -> RequestEnvelope:
+    """The request's JSON document (and binary tail), its id, output default and non-empty inputs."""
     json_part, binary = split_body(body, header_length)
     doc = parse_json_object(json_part, "inference request")
     request_id = doc.get("id")
@@ -234,6 +245,13 @@ def parse_infer_request(body: bytes, header_length: str | None, info: ModelInfo)
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInputError('"inputs" must be a non-empty list of tensors')
+    return RequestEnvelope(doc, binary, request_id, binary_default, inputs)
+
+
+def parse_infer_request(body: bytes, header_length: str | None, info: ModelInfo) -> InferRequest:
+    """Validate a v2 inference request for a model with one BYTES input."""
+    env = parse_envelope(body, header_length)
+    inputs, binary = env.inputs, env.binary
     if len(inputs) != len(info.inputs):
         names = ", ".join(repr(i.name) for i in info.inputs)
         raise InvalidInputError(
@@ -245,7 +263,7 @@ def parse_infer_request(body: bytes, header_length: str | None, info: ModelInfo)
             f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims "
             "(check binary_data_size)"
         )
-    return InferRequest(request_id, texts, parse_outputs(doc, info, binary_default))
+    return InferRequest(env.request_id, texts, parse_outputs(env.doc, info, env.binary_default))
 
 
 def encode_infer_response(

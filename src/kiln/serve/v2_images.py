@@ -32,11 +32,9 @@ from kiln.serve.image_inputs import EncodedImages, ImageInputs, ImageTensor, dec
 from kiln.serve.v2_codec import (
     HEADER_LENGTH,
     RequestedOutput,
-    flag,
     flatten_strings,
-    parse_json_object,
+    parse_envelope,
     parse_outputs,
-    split_body,
     split_bytes_tensor,
 )
 
@@ -202,23 +200,13 @@ def _parse_input(tensor: Any, info: ModelInfo, binary: bytes) -> ImageInputs:
 
 def parse_image_infer_request(body: bytes, header_length: str | None, info: ModelInfo) -> ImageInferRequest:
     """Validate a v2 inference request (JSON, or JSON + binary tensor data) for an image model."""
-    json_part, binary = split_body(body, header_length)
-    doc = parse_json_object(json_part, "inference request")
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInputError('"id" must be a string')
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInputError('request "parameters" must be a JSON object')
-    binary_default = bool(flag(params, "binary_data_output", "the request"))
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidInputError('"inputs" must be a non-empty list of tensors')
+    env = parse_envelope(body, header_length)
+    inputs = env.inputs
     if len(inputs) != 1:
         files, tensor = image_specs(info)
         raise InvalidInputError(
             f"model {info.name!r} takes one input per request: image files as {files.name!r} or "
             f"preprocessed images as {tensor.name!r}; got {len(inputs)}"
         )
-    images = _parse_input(inputs[0], info, binary)
-    return ImageInferRequest(request_id, images, parse_outputs(doc, info, binary_default))
+    images = _parse_input(inputs[0], info, env.binary)
+    return ImageInferRequest(env.request_id, images, parse_outputs(env.doc, info, env.binary_default))
