@@ -27,17 +27,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from kiln.errors import InvalidInputError, RequestError
 from kiln.serve.body import read_body
 from kiln.serve.classify_routes import classifications
-from kiln.serve.dataplane import DataPlane, ModelInfo
+from kiln.serve.dataplane import ModelInfo
 from kiln.serve.errors import ParamError
 from kiln.serve.image_inputs import EncodedImages, decode_base64
 from kiln.serve.metrics import set_model_label
 from kiln.serve.multipart import Part, parse_multipart
-from kiln.serve.route_models import resolve_model
+from kiln.serve.route_models import TaskRouteAdapter, resolve_model
 from kiln.serve.v2_codec import parse_json_object
 from kiln.tasks.classify_config import TASK_NAME as CLASSIFY
 from kiln.tasks.image_classify_config import TASK_NAME as IMAGE_CLASSIFY
@@ -141,13 +140,8 @@ def images_response(info: ModelInfo, scores: Any, top_k: int | None) -> dict[str
     }
 
 
-class ImageAdapter:
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
-        self.dataplane = dataplane
-        self.max_request_bytes = max_request_bytes
-
-    def routes(self) -> list[BaseRoute]:
-        return [Route(PATH, self.classify, methods=["POST"])]
+class ImageAdapter(TaskRouteAdapter):
+    path = PATH
 
     async def classify(self, request: Request) -> Response:
         body = await read_body(request, self.max_request_bytes)

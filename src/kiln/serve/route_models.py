@@ -4,8 +4,11 @@ key's model scope and, for task routes, against the task the route serves."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from kiln.errors import InvalidInputError, RequestError
 from kiln.serve.auth import authorize_model
@@ -40,3 +43,19 @@ def resolve_model(
             "model",
         )
     return info
+
+
+class TaskRouteAdapter:
+    """A REST adapter with one POST route (``path``) answered by :meth:`classify`."""
+
+    path: ClassVar[str]
+
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.max_request_bytes = max_request_bytes
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route(self.path, self.classify, methods=["POST"])]
+
+    async def classify(self, request: Request) -> Response:
+        raise NotImplementedError
