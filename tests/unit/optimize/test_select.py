@@ -133,3 +133,19 @@ def test_baseline_excluded_lifts_the_speed_rule() -> None:
     assert choose(vs, 0.01, "pytorch-fp32", _budget()).name == BASELINE
     c = choose(vs, 0.01, "pytorch-fp32", _budget(max_latency_ms=4.95))
     assert c.name == "int4" and "onnx-fp32 (batch-1 p50 5.00 ms > --max-latency-ms 4.95)" in c.reason
+
+
+def test_a_timing_tie_goes_to_the_smaller_drop_then_the_smaller_file() -> None:
+    vs = [
+        _v("pytorch-fp32", 15, 0.0, 90, "pytorch"),
+        _v(BASELINE, 9, 0.0, 90),
+        _v("distilled-fp32", 3.49, 0.0091, 70),
+        _v("int8-emb4", 3.66, 0.0013, 18),  # 4.9% slower: inside the tie
+        _v("int8", 3.70, 0.0013, 23),  # same drop, larger file
+        _v("int4", 3.9, 0.0, 15),  # 11.7% slower: outside the tie, however good
+    ]
+    c = choose(vs, 0.01, "pytorch-fp32")
+    assert c.name == "int8-emb4"
+    assert "distilled-fp32 measured 4.9% faster, within the 10% timing tie" in c.reason
+    clear = [*vs[:2], _v("distilled-fp32", 3.0, 0.0091, 70), vs[3]]  # 22% faster: a real win
+    assert choose(clear, 0.01, "pytorch-fp32").name == "distilled-fp32"
