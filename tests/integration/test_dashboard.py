@@ -86,6 +86,29 @@ def test_alert_watcher_sets_gauges_once_a_window_completes(client: TestClient) -
     assert 'kiln_alert_firing{signal="retraining_suggested"} 0.0' in metrics
 
 
+def test_the_watcher_reads_only_windows_completed_since_its_last_poll(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln.monitor import windows as windows_module
+
+    send_traffic(client)
+    monitor = client.app.state.monitor  # type: ignore[attr-defined]
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    monitor.judge(now=later)
+    reads: list[int] = []
+    real_read = windows_module.WindowReader.read
+
+    def counting_read(self: Any, length: timedelta, count: int = 24, **kw: Any) -> Any:
+        reads.append(count)
+        return real_read(self, length, count, **kw)
+
+    monkeypatch.setattr(windows_module.WindowReader, "read", counting_read)
+    assert monitor.judge(now=later) == 0
+    assert reads == []  # nothing completed since: the poll reads nothing
+    monitor.judge(now=later + monitor.length)
+    assert reads == [1]  # one more window completed: only it is read
+
+
 def test_dashboard_needs_the_metrics_scope_and_a_log(tiny_bundle: Path, tmp_path: Path) -> None:
     assert http_route_group("/dashboard") == "metrics"
     assert http_route_group("/v2/monitor/windows") == "metrics"

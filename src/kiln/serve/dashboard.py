@@ -140,11 +140,18 @@ class MonitorService:
         """Judge the windows completed since the last call; the number of alert events sent."""
         if self.manager is None:
             return 0
-        from kiln.monitor.windows import WindowReader
+        from kiln.monitor.windows import WindowReader, utc, window_start
 
         policy = self.manager.policy
+        now = utc(now or datetime.now(timezone.utc))
+        newest = window_start(now, self.length) - self.length  # the newest complete window
+        count = policy.fire_after + policy.clear_after + 1
+        if self.manager.last_judged is not None:  # only windows completed since: a poll is mostly free
+            count = min(count, round((newest - self.manager.last_judged) / self.length))
+            if count < 1:
+                return 0
         reader = WindowReader(self.engine, self.checker(self.model), self.model)
-        windows = reader.read(self.length, policy.fire_after + policy.clear_after + 1, now=now)
+        windows = reader.read(self.length, count, until=newest, now=now)
         return len(self.manager.observe_all(w for w in windows if w.complete))
 
     def start(self) -> None:
