@@ -522,6 +522,7 @@ def test_request_log_metrics_and_access_log(
         assert stored.status_code == 200 and stored.json()["matched"] is True, stored.text
         wrong = c.post("/v1/feedback", json={**truth, "label": "giraffe"})
         assert wrong.status_code == 400 and "giraffe" in wrong.text
+    logged = list(caplog.records)  # this server's lines only (the second one below logs too)
     rows = query(url, "SELECT route, status, model, n_inputs, n_tokens FROM kiln_requests ORDER BY ts")
     assert [tuple(r) for r in rows] == [
         ("/v2/models/{model_name}/infer", 200, MODEL, 2, None),
@@ -551,7 +552,7 @@ def test_request_log_metrics_and_access_log(
         f'kiln_http_requests_total{{method="POST",model="{MODEL}",route="{ROUTE}",status="200",'
         'version="1"} 1.0' in metrics
     )
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "kiln.access"]
+    lines = [json.loads(r.getMessage()) for r in logged if r.name == "kiln.access"]
     routed = [
         (line["route"], line["model"], line["status"])
         for line in lines

@@ -160,7 +160,9 @@ def create_repository_app(
     repository = ModelRepository(
         paths,
         dataplane,
-        lambda b: load_model(b, threads=settings.threads, text_overflow=settings.text_overflow),
+        lambda b: load_model(
+            b, threads=settings.threads, text_overflow=settings.text_overflow, spinning=settings.ort_spinning
+        ),
         canaries=canaries,
         verified=verified,
     )

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from kiln.errors import InvalidInputError, RequestError
 from kiln.serve.body import read_body
 from kiln.serve.errors import ParamError
+from kiln.serve.fast_json import FastJSONResponse
 from kiln.serve.metrics import set_model_label
 from kiln.serve.route_models import TaskRouteAdapter, resolve_model
 from kiln.serve.v2_codec import parse_json_object
@@ -104,6 +105,6 @@ class ClassifyAdapter(TaskRouteAdapter):
         except RequestError as exc:
             raise ParamError(exc, "input") from None
         set_model_label(request, info.name, result.version)
-        return JSONResponse(
+        return FastJSONResponse(
             classify_response(info.name, info.labels, result.embeddings, req.top_k, result.prompt_tokens or 0)
         )

@@ -26,13 +26,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from kiln.errors import InvalidInputError, RequestError
 from kiln.serve.body import read_body
 from kiln.serve.classify_routes import classifications
 from kiln.serve.dataplane import ModelInfo
 from kiln.serve.errors import ParamError
+from kiln.serve.fast_json import FastJSONResponse
 from kiln.serve.image_inputs import EncodedImages, decode_base64
 from kiln.serve.metrics import set_model_label
 from kiln.serve.multipart import Part, parse_multipart
@@ -164,4 +165,4 @@ class ImageAdapter(TaskRouteAdapter):
         except RequestError as exc:
             raise ParamError(exc, param) from None
         set_model_label(request, info.name, result.version)
-        return JSONResponse(images_response(info, result.embeddings, top_k))
+        return FastJSONResponse(images_response(info, result.embeddings, top_k))

@@ -118,14 +118,14 @@ def _untruncated(bundle: Bundle, text_overflow: str) -> UntruncatedCounter | Non
 
 
 def load_embed_model(
-    bundle: Bundle, threads: int = 0, text_overflow: str = "truncate"
+    bundle: Bundle, threads: int = 0, text_overflow: str = "truncate", spinning: bool = True
 ) -> tuple[ModelInfo, EmbedModel]:
     """Open the bundle's artifact and tokenizer, run one warm-up batch and check its shape.
 
     ``text_overflow="reject"``: the model counts tokens before truncation, so that the dataplane can
     refuse texts longer than ``max_length``."""
     config = embed_config(bundle)
-    backend = bundle.backend(threads)
+    backend = bundle.backend(threads, spinning)
     tokenizer = TextTokenizer(bundle.tokenizer_path, max_length=config.max_length)
     model = EmbedModel(OnnxEmbedder(backend, tokenizer), _untruncated(bundle, text_overflow))
     out = model.embed([WARMUP_TEXT])
@@ -189,11 +189,11 @@ def classify_config(bundle: Bundle) -> ClassifyConfig:
 
 
 def load_classify_model(
-    bundle: Bundle, threads: int = 0, text_overflow: str = "truncate"
+    bundle: Bundle, threads: int = 0, text_overflow: str = "truncate", spinning: bool = True
 ) -> tuple[ModelInfo, ClassifyModel]:
     """Open a classify bundle, run one warm-up text and check it returns one score per class."""
     config = classify_config(bundle)
-    backend = bundle.backend(threads)
+    backend = bundle.backend(threads, spinning)
     tokenizer = TextTokenizer(bundle.tokenizer_path, max_length=config.max_length)
     model = ClassifyModel(
         OnnxEmbedder(backend, tokenizer), config.labels, _untruncated(bundle, text_overflow)
@@ -262,10 +262,12 @@ def image_classify_config(bundle: Bundle) -> ImageClassifyConfig:
     return config
 
 
-def load_image_classify_model(bundle: Bundle, threads: int = 0) -> tuple[ModelInfo, ImageClassifyModel]:
+def load_image_classify_model(
+    bundle: Bundle, threads: int = 0, spinning: bool = True
+) -> tuple[ModelInfo, ImageClassifyModel]:
     """Open an image-classify bundle, run one warm-up image and check it returns one score per class."""
     config = image_classify_config(bundle)
-    model = ImageClassifyModel(bundle.backend(threads), config)
+    model = ImageClassifyModel(bundle.backend(threads, spinning), config)
     side = config.preprocess.crop
     warmup = np.full((side, side, 3), 128, dtype=np.uint8)
     n = len(config.labels)
@@ -303,19 +305,20 @@ def load_image_classify_model(bundle: Bundle, threads: int = 0) -> tuple[ModelIn
 
 
 def load_model(
-    bundle: Bundle, threads: int = 0, text_overflow: str = "truncate"
+    bundle: Bundle, threads: int = 0, text_overflow: str = "truncate", spinning: bool = True
 ) -> tuple[ModelInfo, ServedModel]:
-    """Load a bundle of any task kiln serves (``text_overflow``: see :func:`load_embed_model`)."""
+    """Load a bundle of any task kiln serves (``text_overflow``: see :func:`load_embed_model`;
+    ``spinning``: ONNX Runtime's idle worker threads spin, see ``KILN_ORT_SPINNING``)."""
     if bundle.manifest.task == CLASSIFY:
-        return load_classify_model(bundle, threads, text_overflow)
+        return load_classify_model(bundle, threads, text_overflow, spinning)
     if bundle.manifest.task == IMAGE_CLASSIFY:
-        return load_image_classify_model(bundle, threads)
+        return load_image_classify_model(bundle, threads, spinning)
     if bundle.manifest.task != TASK_NAME:
         raise TaskError(
             f"bundle {bundle.root} is for the {bundle.manifest.task!r} task; `kiln serve` serves "
             f"{TASK_NAME!r}, {CLASSIFY!r} and {IMAGE_CLASSIFY!r} bundles"
         )
-    return load_embed_model(bundle, threads, text_overflow)
+    return load_embed_model(bundle, threads, text_overflow, spinning)
 
 
 def output_arrays(info: ModelInfo, rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -8,13 +8,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from kiln.errors import InvalidInputError, RequestError
 from kiln.serve.body import read_body
 from kiln.serve.dataplane import DataPlane, ModelInfo
 from kiln.serve.errors import ParamError
+from kiln.serve.fast_json import FastJSONResponse
 from kiln.serve.metrics import set_model_label
 from kiln.serve.route_models import resolve_model
 from kiln.serve.v2_codec import parse_json_object
@@ -90,10 +91,10 @@ class OpenAIAdapter:
         ]
 
     async def list_models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [model_card(i) for i in self.dataplane.models()]})
+        return FastJSONResponse({"object": "list", "data": [model_card(i) for i in self.dataplane.models()]})
 
     async def get_model(self, request: Request) -> Response:
-        return JSONResponse(
+        return FastJSONResponse(
             model_card(resolve_model(self.dataplane, request, request.path_params["model_name"]))
         )
 
@@ -125,4 +126,6 @@ class OpenAIAdapter:
             raise ParamError(exc, "input") from None
         set_model_label(request, info.name, result.version)
         tokens = result.prompt_tokens or 0
-        return JSONResponse(embeddings_response(info.name, result.embeddings, req.encoding_format, tokens))
+        return FastJSONResponse(
+            embeddings_response(info.name, result.embeddings, req.encoding_format, tokens)
+        )

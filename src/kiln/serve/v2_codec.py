@@ -20,6 +20,7 @@ import numpy as np
 
 from kiln.errors import InvalidInputError
 from kiln.serve.dataplane import ModelInfo, TensorSpec
+from kiln.serve.fast_json import dumps
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.int64): "INT64"}
@@ -292,7 +293,7 @@ def encode_infer_response(
     if request_id is not None:
         doc["id"] = request_id
     doc["outputs"] = outputs
-    header = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    header = dumps(doc)
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)

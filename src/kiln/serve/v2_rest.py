@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from kiln import __version__
@@ -26,6 +26,7 @@ from kiln.serve.auth import authorize_model
 from kiln.serve.body import read_body
 from kiln.serve.dataplane import DataPlane, ModelInfo, TensorSpec
 from kiln.serve.errors import error_response
+from kiln.serve.fast_json import FastJSONResponse
 from kiln.serve.metrics import set_model_label
 from kiln.serve.models import output_arrays
 from kiln.serve.repository import ModelRepository
@@ -110,24 +111,24 @@ class V2Adapter:
 
     async def server_metadata(self, request: Request) -> Response:
         extensions = [*EXTENSIONS, *([REPOSITORY_EXTENSION] if self.repository is not None else [])]
-        return JSONResponse({"name": SERVER_NAME, "version": __version__, "extensions": extensions})
+        return FastJSONResponse({"name": SERVER_NAME, "version": __version__, "extensions": extensions})
 
     async def live(self, request: Request) -> Response:
         live = self.dataplane.is_live()
-        return JSONResponse({"live": live}, status_code=200 if live else 503)
+        return FastJSONResponse({"live": live}, status_code=200 if live else 503)
 
     async def ready(self, request: Request) -> Response:
         ready = self.dataplane.is_ready()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        return FastJSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     async def metadata(self, request: Request) -> Response:
         info, _ = self._resolve(request)
-        return JSONResponse(model_metadata(info))
+        return FastJSONResponse(model_metadata(info))
 
     async def model_ready(self, request: Request) -> Response:
         info, version = self._resolve(request)
         ready = self.dataplane.is_ready(info.name, version)
-        return JSONResponse({"name": info.name, "ready": ready}, status_code=200 if ready else 503)
+        return FastJSONResponse({"name": info.name, "ready": ready}, status_code=200 if ready else 503)
 
     async def infer(self, request: Request) -> Response:
         info, version = self._resolve(request, routed=True)
@@ -168,7 +169,7 @@ class V2Adapter:
         if request.method == "POST":
             ready_only = (await self._parameters(request)).get("ready") is True
         rows = await anyio.to_thread.run_sync(self._repository().index, ready_only)
-        return JSONResponse(
+        return FastJSONResponse(
             [{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows]
         )
 
@@ -193,10 +194,10 @@ class V2Adapter:
                 400,
                 f"failed to load model {name!r}: {exc} (the versions served before, if any, keep serving)",
             )
-        return JSONResponse({"name": name, "versions": versions})
+        return FastJSONResponse({"name": name, "versions": versions})
 
     async def repository_unload(self, request: Request) -> Response:
         name = request.path_params["model_name"]
         await self._parameters(request)  # a malformed body is still an error
         await anyio.to_thread.run_sync(self._repository().unload, name)
-        return JSONResponse({"name": name, "unloaded": True})
+        return FastJSONResponse({"name": name, "unloaded": True})
