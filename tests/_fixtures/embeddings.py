@@ -9,7 +9,6 @@ import numpy as np
 
 from kiln.bundle.load import load_bundle
 from kiln.runtime.embedder import OnnxEmbedder
-from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
 
 
@@ -22,4 +21,4 @@ def bundle_embeddings(bundle_dir: Path, texts: Sequence[str], max_length: int | 
     if max_length is None:
         max_length = int(bundle.manifest.task_config["max_length"])
     tokenizer = TextTokenizer(bundle.tokenizer_path, max_length)
-    return OnnxEmbedder(OnnxBackend(bundle.artifact_path), tokenizer).embed(texts)
+    return OnnxEmbedder(bundle.backend(), tokenizer).embed(texts)  # the settings the server uses

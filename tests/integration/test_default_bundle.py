@@ -9,7 +9,6 @@ import pytest
 
 from kiln.bundle.load import load_bundle
 from kiln.runtime.embedder import OnnxEmbedder
-from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
 
 pytestmark = pytest.mark.slow
@@ -89,7 +88,7 @@ def test_served_artifact_agrees_with_sentence_transformers(default_bundle: Path)
     b = load_bundle(default_bundle)
     st = SentenceTransformer(b.manifest.source.path, device="cpu")
     expected = st.encode(TEXTS, convert_to_numpy=True)
-    emb = OnnxEmbedder(OnnxBackend(b.artifact_path), TextTokenizer(b.tokenizer_path, 256)).embed(TEXTS)
+    emb = OnnxEmbedder(b.backend(), TextTokenizer(b.tokenizer_path, 256)).embed(TEXTS)
     assert emb.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     cos = (emb * expected).sum(axis=1)

@@ -9,7 +9,6 @@ from _fixtures.tiny_bundle import TINY_DIM, TINY_MAX_LENGTH, tiny_reference_embe
 from kiln.bundle.load import Bundle, load_bundle
 from kiln.errors import BundleError, TaskError
 from kiln.runtime.embedder import OnnxEmbedder
-from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
 from kiln.serve.models import aliases, created_timestamp, embed_config, load_embed_model
 
@@ -37,9 +36,7 @@ def test_embeddings_match_the_runtime_and_a_numpy_reference(tiny_bundle: Path) -
     bundle = load_bundle(tiny_bundle)
     _, model = load_embed_model(bundle)
     out = model.embed(TEXTS)
-    direct = OnnxEmbedder(
-        OnnxBackend(bundle.artifact_path), TextTokenizer(bundle.tokenizer_path, TINY_MAX_LENGTH)
-    )
+    direct = OnnxEmbedder(bundle.backend(), TextTokenizer(bundle.tokenizer_path, TINY_MAX_LENGTH))
     np.testing.assert_allclose(out, direct.embed(TEXTS), rtol=0, atol=1e-6)
     np.testing.assert_allclose(out, tiny_reference_embeddings(TEXTS), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
