@@ -45,7 +45,7 @@ from kiln.monitor.profile import PROFILE_NAME, make_reference_profile, save_prof
 from kiln.optimize.calibration import CalibrationReader, encode_calibration
 from kiln.optimize.cpu import cpu_info
 from kiln.optimize.export import export_onnx
-from kiln.optimize.fusion import FuseTransformer, transformer_shape
+from kiln.optimize.fusion import fuse_transformer, transformer_shape
 from kiln.optimize.precision import ConvertPrecision, measure_on_cpu
 from kiln.optimize.quant_int4 import QuantizeInt4, int4_for
 from kiln.optimize.quant_static import QuantizeStatic, int8_static_for
@@ -551,13 +551,7 @@ class _BuildRun:
                 )
             )
         if "fuse" in self.opts.techniques and self.shape is not None:
-            heads, hidden = self.shape
-            fused = FuseTransformer(
-                num_heads=heads,
-                hidden_size=hidden,
-                why="one Attention kernel per layer instead of ~20 small nodes (QAttention once quantized)",
-            )
-            plan.append((FUSED, fused, BASELINE))
+            plan.append((FUSED, fuse_transformer(self.shape), BASELINE))
             if quantize:
                 plan += [
                     (f"{FUSED}-int8-dynamic", int8_dynamic_for(self.cpu), FUSED),
@@ -629,39 +623,40 @@ class _BuildRun:
         task = self.progress.add_task("search", total=total)
         for name, recipe, parent in plan:
             self.progress.update(task, description=f"search: {name}")
-            if parent in self.candidates and self.candidates[parent].live:
-                self._try(name, recipe, parent=parent)
-            else:
-                before = self.candidates[parent].record.recipe if parent in self.candidates else []
-                why = f"{parent} did not pass its gates" if before else f"{parent} was not tried"
-                summary = recipe_summary([*before, recipe.model_dump()])
-                self.trace.add(name, summary, "not started", "skipped", why)
+            self._try_child(name, recipe, parent)
             self.progress.advance(task, 1)
         for candidate in structural:
             self.progress.update(task, description=f"search: {candidate.name}")
             passed = self._try_structural(candidate)
             self.progress.advance(task, 1)
+            held_back = None if passed else self._held_back(candidate.name)
             for child, recipe, via in candidate.children:
-                parent = via or candidate.name
-                if passed and parent in self.candidates and self.candidates[parent].live:
-                    self.progress.update(task, description=f"search: {child}")
-                    self._try(child, recipe, parent=parent)
-                else:
-                    before = self.candidates[parent].record.recipe if parent in self.candidates else []
-                    summary = recipe_summary([*before, recipe.model_dump()])
-                    drop = self.screen_drops.get(candidate.name)
-                    if passed:
-                        why = f"{parent} did not pass its gates" if before else f"{parent} was not tried"
-                    elif drop is None:
-                        why = f"{candidate.name} did not pass its gates"
-                    else:
-                        why = (
-                            f"{candidate.name} is clearly over budget on the ranking screen (drop "
-                            f"{drop:+.4f}): quantizing it would not bring it back"
-                        )
-                    self.trace.add(child, summary, "not started", "skipped", why)
+                self.progress.update(task, description=f"search: {child}")
+                self._try_child(child, recipe, via or candidate.name, held_back)
                 self.progress.advance(task, 1)
         self.progress.update(task, description="search", completed=total)
+
+    def _held_back(self, name: str) -> str:
+        """Why the children of structural candidate ``name`` (which did not pass) are not started."""
+        drop = self.screen_drops.get(name)
+        if drop is None:
+            return f"{name} did not pass its gates"
+        return (
+            f"{name} is clearly over budget on the ranking screen (drop {drop:+.4f}): quantizing it "
+            "would not bring it back"
+        )
+
+    def _try_child(self, name: str, recipe: Any, parent: str, held_back: str | None = None) -> None:
+        """``recipe`` on ``parent``'s graph, or, when ``held_back`` says why not or the parent is not
+        live, a trace entry saying why it was not started."""
+        if held_back is None and parent in self.candidates and self.candidates[parent].live:
+            self._try(name, recipe, parent=parent)
+            return
+        before = self.candidates[parent].record.recipe if parent in self.candidates else []
+        if held_back is None:
+            held_back = f"{parent} did not pass its gates" if before else f"{parent} was not tried"
+        summary = recipe_summary([*before, recipe.model_dump()])
+        self.trace.add(name, summary, "not started", "skipped", held_back)
 
     # -- structural candidates (PyTorch-level recipes, then export) ------------------------------
 

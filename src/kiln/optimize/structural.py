@@ -28,7 +28,7 @@ import numpy as np
 from kiln.errors import DataError
 from kiln.optimize.cpu import CpuInfo
 from kiln.optimize.distill import Distill
-from kiln.optimize.fusion import FuseTransformer
+from kiln.optimize.fusion import fuse_transformer
 from kiln.optimize.lowrank import LowRank
 from kiln.optimize.prune import PruneStructured
 from kiln.optimize.quant_static import int8_static_for
@@ -98,11 +98,8 @@ def structural_candidates(
             (f"{prefix}-int8-dynamic", int8_dynamic_for(cpu), None)
         ]
         if shape is not None and "fuse" in techniques:
-            fuse = FuseTransformer(
-                num_heads=shape[0], hidden_size=shape[1], why="one Attention kernel per layer"
-            )
             children += [
-                (f"{prefix}-fused", fuse, None),
+                (f"{prefix}-fused", fuse_transformer(shape), None),
                 (f"{prefix}-fused-int8-emb4", int8_dynamic_for(cpu, embeddings="int4"), f"{prefix}-fused"),
             ]
         children.append((f"{prefix}-int8-static", int8_static_for(cpu), None))
