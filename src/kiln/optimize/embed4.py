@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PREFIX = "kiln_emb4_"
+NODE_PREFIX = "kiln_emb4_"
+"""Every node (and constant) this recipe adds is named with this prefix."""
 _SUFFIX_Q4 = "_kiln_emb4_q4"
 _SUFFIX_SCALE = "_kiln_emb4_scale"
 _SUFFIX_OFFSET = "_kiln_emb4_offset"
@@ -338,7 +339,7 @@ class _Consts:
         if key not in self._made:
             arr = np.array(values[0] if scalar else values, dtype=dtype)
             label = "_".join(str(v).replace("-", "m") for v in values)
-            name = self._namer.fresh(f"{_PREFIX}{np.dtype(dtype).name}_{label}")
+            name = self._namer.fresh(f"{NODE_PREFIX}{np.dtype(dtype).name}_{label}")
             self._graph.initializer.append(numpy_helper.from_array(arr, name))
             self._made[key] = name
         return self._made[key]
@@ -362,7 +363,7 @@ def _lookup_nodes(
     nblocks = hidden // block
     ids = gather.input[1]
     base = gather.name or gather.output[0]
-    tag = namer.fresh(f"{_PREFIX}{base}")
+    tag = namer.fresh(f"{NODE_PREFIX}{base}")
 
     def t(label: str) -> str:
         return namer.fresh(f"{tag}/{label}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,9 @@ from kiln.optimize.cpu import CpuInfo
 from kiln.optimize.precision import ConvertPrecision
 from kiln.optimize.quant_int4 import QuantizeInt4
 from kiln.optimize.quant_static import QuantizeStatic
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 
 class _Recipe(BaseModel):
@@ -52,17 +55,17 @@ class QuantizeDynamic(_Recipe):
     def apply(self, src: Path, dst: Path) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        source, exclude = src, list(self.nodes_to_exclude)
+        source: Path | ModelProto = src
+        exclude = list(self.nodes_to_exclude)
         if self.embeddings == "int4":
             import onnx
 
-            from kiln.optimize.embed4 import QuantizeEmbedding4
+            from kiln.optimize.embed4 import NODE_PREFIX, QuantizeEmbedding4
 
-            source = dst.with_name(f"{dst.stem}.emb4.onnx")
-            QuantizeEmbedding4(block_size=self.embedding_block_size).apply(src, source)
+            source = onnx.load(str(src))
+            QuantizeEmbedding4(block_size=self.embedding_block_size).rewrite(source, name=src.name)
             # the packed tables' lookups (a Gather of uint8 codes, of float16 scales) stay as they are
-            graph = onnx.load(str(source), load_external_data=False).graph
-            exclude += [n.name for n in graph.node if n.name.startswith("kiln_emb4_")]
+            exclude += [n.name for n in source.graph.node if n.name.startswith(NODE_PREFIX)]
         quiet = logging.getLogger()  # ORT logs a pre-processing suggestion on the root logger
         level = quiet.level
         quiet.setLevel(logging.ERROR)
@@ -80,8 +83,6 @@ class QuantizeDynamic(_Recipe):
             raise BuildError(f"INT8 dynamic quantization of {src.name} failed: {exc}") from exc
         finally:
             quiet.setLevel(level)
-            if source != src:
-                source.unlink(missing_ok=True)
         return dst
 
 

@@ -260,3 +260,21 @@ def test_quantize_table_covers_each_block() -> None:
     assert np.all(np.abs(deq - table) <= bound)
     codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(64, 128)
     assert codes.min() == 0 and codes.max() == 15
+
+
+def test_int8_dynamic_with_4bit_embeddings_packs_then_quantizes_the_rest(tmp_path: Path) -> None:
+    from kiln.optimize.embed4 import NODE_PREFIX
+    from kiln.optimize.recipes import QuantizeDynamic
+
+    src = _model(tmp_path / "m.onnx")
+    dst = QuantizeDynamic(embeddings="int4", embedding_block_size=32).apply(src, tmp_path / "q.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "q.onnx"]  # no scratch file left
+    graph = onnx.load(str(dst)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"BitShift", "BitwiseAnd"} <= ops  # the packed table's lookup
+    assert "MatMul" not in ops  # the head went INT8
+    assert all(t.name != "word_embeddings" for t in graph.initializer)
+    packed = [n for n in graph.node if n.name.startswith(NODE_PREFIX)]
+    assert packed and all(n.op_type != "DynamicQuantizeLinear" for n in packed)
+    feeds = {"ids": _ids((2, 5))}
+    _close_downstream(_run(dst, feeds)["out"], _run(src, feeds)["out"])
