@@ -11,12 +11,13 @@ own measurements, ``kiln serve``, the benchmarks) disables it.
 
 from __future__ import annotations
 
-import time
+from functools import partial
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from kiln.bench.latency import interleaved_latency
 from kiln.runtime.onnx_backend import OrtFusion, SessionSettings, session_options
 
 SKIP_LAYER_NORM_FUSION: OrtFusion = "SkipLayerNormFusion"
@@ -54,22 +55,21 @@ def time_skip_layer_norm(
     graph = _residual_layer_norm(hidden)
     rng = np.random.default_rng(1)
     feed = {n: rng.normal(size=(1, tokens, hidden)).astype(np.float32) for n in ("x", "residual")}
-    sessions = []
-    for disabled in (None, [SKIP_LAYER_NORM_FUSION]):
+    sessions = {}
+    for name, disabled in (("fused", None), ("plain", [SKIP_LAYER_NORM_FUSION])):
         opts = session_options(threads, spinning=False)
-        sessions.append(
-            ort.InferenceSession(
-                graph, opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
-            )
+        sessions[name] = ort.InferenceSession(
+            graph, opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
         )
-    times: list[list[float]] = [[], []]
-    for i in range(runs + 20):
-        for k, session in enumerate(sessions):
-            start = time.perf_counter()
-            session.run(None, feed)
-            if i >= 20:  # warm-up
-                times[k].append(time.perf_counter() - start)
-    fused, plain = (float(np.median(t)) * 1e6 for t in times)
+    stats = interleaved_latency(
+        {name: partial(session.run, None, feed) for name, session in sessions.items()},
+        batch_size=1,
+        rounds=runs,
+        warmup=20,
+        min_time_s=0.0,
+        max_rounds=runs,
+    )
+    fused, plain = (stats[name].p50_ms * 1000.0 for name in ("fused", "plain"))
     return fused, plain
 
 
