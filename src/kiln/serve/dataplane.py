@@ -497,13 +497,7 @@ class DataPlane:
     # -- inference ----------------------------------------------------------------------------------
     def check_texts(self, texts: Sequence[str]) -> None:
         """Raise a request error if ``texts`` is empty, too many, or holds an empty or too long text."""
-        if len(texts) == 0:
-            raise InvalidInputError("the input holds no texts: send at least one")
-        if len(texts) > self.limits.max_batch_items:
-            raise PayloadTooLargeError(
-                f"{len(texts)} texts in one request; the limit is {self.limits.max_batch_items} "
-                "(split the request, or raise KILN_MAX_BATCH_ITEMS)"
-            )
+        self._check_count(len(texts), "texts")
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidInputError(f"text {i} is {type(text).__name__}, not a string")
@@ -575,11 +569,15 @@ class DataPlane:
 
     def check_image_count(self, n: int) -> None:
         """Raise a request error if a request holds no image, or more than ``max_batch_items``."""
+        self._check_count(n, "images")
+
+    def _check_count(self, n: int, what: str) -> None:
+        """A request's ``n`` texts or images: at least one, at most ``max_batch_items``."""
         if n == 0:
-            raise InvalidInputError("the input holds no images: send at least one")
+            raise InvalidInputError(f"the input holds no {what}: send at least one")
         if n > self.limits.max_batch_items:
             raise PayloadTooLargeError(
-                f"{n} images in one request; the limit is {self.limits.max_batch_items} "
+                f"{n} {what} in one request; the limit is {self.limits.max_batch_items} "
                 "(split the request, or raise KILN_MAX_BATCH_ITEMS)"
             )
 

@@ -103,10 +103,11 @@ def decode_bytes_tensor(raw: bytes, count: int, name: str) -> list[str]:
     return out
 
 
-def text_count(shape: Sequence[int], name: str) -> int:
-    """How many texts a BYTES input of ``shape`` holds; it must be ``[n]`` or ``[n, 1]``."""
+def text_count(shape: Sequence[int], name: str, what: str = "texts") -> int:
+    """How many elements (texts, or ``what``) a BYTES input of ``shape`` holds; it must be ``[n]`` or
+    ``[n, 1]``."""
     if any(d < 0 for d in shape) or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-        raise InvalidInputError(f"input {name!r} has shape {list(shape)}; it takes [n] (or [n, 1]) texts")
+        raise InvalidInputError(f"input {name!r} has shape {list(shape)}; it takes [n] (or [n, 1]) {what}")
     return math.prod(shape)
 
 
@@ -145,11 +146,46 @@ def flatten_strings(data: Any, name: str) -> list[str]:
     return out
 
 
-def _shape(tensor: dict[str, Any], spec: TensorSpec) -> int:
+def shape_of(tensor: dict[str, Any], name: str) -> list[int]:
+    """A JSON tensor's ``shape``: a list of integers, or a request error."""
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidInputError(f'input {spec.name!r} needs "shape": a list of integers, e.g. [2]')
-    return text_count(shape, spec.name)
+        raise InvalidInputError(f'input {name!r} needs "shape": a list of integers, e.g. [2]')
+    return shape
+
+
+def binary_part(
+    params: dict[str, Any],
+    tensor: dict[str, Any],
+    name: str,
+    binary: bytes,
+    offset: int = 0,
+    exact: bool = False,
+) -> tuple[bytes | None, int]:
+    """The binary data a JSON tensor claims (``binary_data_size``) from ``offset`` of the body's binary
+    tail, and the offset after it; ``None`` when the tensor carries ``data`` instead. ``exact``: the tensor
+    must claim the whole tail (a request of one input)."""
+    size = params.get("binary_data_size")
+    if size is None:
+        if "data" not in tensor:
+            raise InvalidInputError(f'input {name!r} has no "data" (and no binary_data_size)')
+        return None, offset
+    if "data" in tensor:
+        raise InvalidInputError(f'input {name!r} has both "data" and binary_data_size: send one')
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidInputError(f"binary_data_size of input {name!r} must be a non-negative integer")
+    left = len(binary) - offset
+    if exact and size != left:
+        raise InvalidInputError(
+            f"input {name!r} claims {size} bytes of binary data, but {left} follow the JSON header "
+            f"(check {HEADER_LENGTH})"
+        )
+    if size > left:
+        raise InvalidInputError(
+            f"input {name!r} claims {size} bytes of binary data, but only {left} follow "
+            f"the JSON header (check {HEADER_LENGTH})"
+        )
+    return binary[offset : offset + size], offset + size
 
 
 def _parse_input(tensor: Any, spec: TensorSpec, binary: bytes, offset: int) -> tuple[list[str], int]:
@@ -163,30 +199,25 @@ def _parse_input(tensor: Any, spec: TensorSpec, binary: bytes, offset: int) -> t
         raise InvalidInputError(
             f"input {spec.name!r} has datatype {tensor.get('datatype')!r}; it must be {spec.datatype!r}"
         )
-    count = _shape(tensor, spec)
-    params = tensor.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInputError(f'"parameters" of input {spec.name!r} must be a JSON object')
-    size = params.get("binary_data_size")
-    if size is None:
-        if "data" not in tensor:
-            raise InvalidInputError(f'input {spec.name!r} has no "data" (and no binary_data_size)')
+    count = text_count(shape_of(tensor, spec.name), spec.name)
+    params = tensor_parameters(tensor, spec.name)
+    raw, after = binary_part(params, tensor, spec.name, binary, offset)
+    if raw is None:
         texts = flatten_strings(tensor["data"], spec.name)
         if len(texts) != count:
             raise InvalidInputError(
                 f"input {spec.name!r} holds {len(texts)} texts, but its shape says {count}"
             )
         return texts, offset
-    if "data" in tensor:
-        raise InvalidInputError(f'input {spec.name!r} has both "data" and binary_data_size: send one')
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InvalidInputError(f"binary_data_size of input {spec.name!r} must be a non-negative integer")
-    if offset + size > len(binary):
-        raise InvalidInputError(
-            f"input {spec.name!r} claims {size} bytes of binary data, but only {len(binary) - offset} follow "
-            f"the JSON header (check {HEADER_LENGTH})"
-        )
-    return decode_bytes_tensor(binary[offset : offset + size], count, spec.name), offset + size
+    return decode_bytes_tensor(raw, count, spec.name), after
+
+
+def tensor_parameters(tensor: dict[str, Any], name: str) -> dict[str, Any]:
+    """A JSON tensor's ``parameters`` (``{}`` when absent), or a request error."""
+    params = tensor.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInputError(f'"parameters" of input {name!r} must be a JSON object')
+    return params
 
 
 def flag(params: dict[str, Any], key: str, where: str) -> bool | None:

@@ -30,12 +30,15 @@ from kiln.errors import InvalidInputError
 from kiln.serve.dataplane import ModelInfo, TensorSpec
 from kiln.serve.image_inputs import EncodedImages, ImageInputs, ImageTensor, decode_base64
 from kiln.serve.v2_codec import (
-    HEADER_LENGTH,
     RequestedOutput,
+    binary_part,
     flatten_strings,
     parse_envelope,
     parse_outputs,
+    shape_of,
     split_bytes_tensor,
+    tensor_parameters,
+    text_count,
 )
 
 BASE64 = "base64"
@@ -77,11 +80,7 @@ def check_datatype(spec: TensorSpec, datatype: object) -> None:
 
 def image_count(shape: Sequence[int], spec: TensorSpec) -> int:
     """How many image files a BYTES input of ``shape`` holds; it must be ``[n]`` or ``[n, 1]``."""
-    if any(d < 0 for d in shape) or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-        raise InvalidInputError(
-            f"input {spec.name!r} has shape {list(shape)}; it takes [n] (or [n, 1]) image files"
-        )
-    return math.prod(shape)
+    return text_count(shape, spec.name, "image files")
 
 
 def tensor_shape(shape: Sequence[int], spec: TensorSpec) -> tuple[int, ...]:
@@ -148,41 +147,14 @@ def content_is_base64(content_type: object, name: str) -> bool:
     return True
 
 
-def _shape_of(tensor: dict[str, Any], name: str) -> list[int]:
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidInputError(f'input {name!r} needs "shape": a list of integers, e.g. [2]')
-    return shape
-
-
-def _binary_part(params: dict[str, Any], tensor: dict[str, Any], name: str, binary: bytes) -> bytes | None:
-    size = params.get("binary_data_size")
-    if size is None:
-        if "data" not in tensor:
-            raise InvalidInputError(f'input {name!r} has no "data" (and no binary_data_size)')
-        return None
-    if "data" in tensor:
-        raise InvalidInputError(f'input {name!r} has both "data" and binary_data_size: send one')
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InvalidInputError(f"binary_data_size of input {name!r} must be a non-negative integer")
-    if size != len(binary):
-        raise InvalidInputError(
-            f"input {name!r} claims {size} bytes of binary data, but {len(binary)} follow the JSON header "
-            f"(check {HEADER_LENGTH})"
-        )
-    return binary
-
-
 def _parse_input(tensor: Any, info: ModelInfo, binary: bytes) -> ImageInputs:
     if not isinstance(tensor, dict):
         raise InvalidInputError('each entry of "inputs" must be a JSON object (a tensor)')
     spec = input_spec(info, tensor.get("name"))
     check_datatype(spec, tensor.get("datatype"))
-    shape = _shape_of(tensor, spec.name)
-    params = tensor.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInputError(f'"parameters" of input {spec.name!r} must be a JSON object')
-    raw = _binary_part(params, tensor, spec.name, binary)
+    shape = shape_of(tensor, spec.name)
+    params = tensor_parameters(tensor, spec.name)
+    raw, _ = binary_part(params, tensor, spec.name, binary, exact=True)
     if spec.datatype == "FP32":
         dims = tensor_shape(shape, spec)
         if raw is not None:

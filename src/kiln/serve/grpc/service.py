@@ -47,6 +47,8 @@ from kiln.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from kiln.serve.grpc.calls import CallObserver, note_key, note_model
 from kiln.serve.keys import ADMIN_ROUTES
 from kiln.serve.models import output_arrays
+from kiln.serve.v2_codec import InferRequest
+from kiln.serve.v2_images import ImageInferRequest
 from kiln.tasks.image_classify_config import TASK_NAME as IMAGE_CLASSIFY
 
 log = logging.getLogger("kiln.serve")
@@ -176,20 +178,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         info = self.dataplane.route(request.model_name, request.model_version or None)
         note_model(info.name, info.version)
+        parsed: InferRequest | ImageInferRequest
         if info.task == IMAGE_CLASSIFY:
-            images = codec.parse_image_infer_request(request, info)
-            outputs = images.outputs
-            request_id = images.id
-            result = await self.dataplane.ainfer_images(info.name, images.images, version=info.version)
+            parsed = codec.parse_image_infer_request(request, info)
+            result = await self.dataplane.ainfer_images(info.name, parsed.images, version=info.version)
         else:
             parsed = codec.parse_infer_request(request, info)
-            outputs = parsed.outputs
-            request_id = parsed.id
             result = await self.dataplane.ainfer(info.name, parsed.texts, version=info.version)
         arrays = output_arrays(info, result.embeddings)
-        tensors = [(out, arrays[out.name]) for out in outputs]
+        tensors = [(out, arrays[out.name]) for out in parsed.outputs]
         version = result.version
-        return codec.encode_infer_response(info.name, version, request_id, tensors)
+        return codec.encode_infer_response(info.name, version, parsed.id, tensors)
 
 
 def address(host: str, port: int) -> str:
