@@ -4,8 +4,10 @@ One ``TextBatcher`` per served model owns one worker thread (the event loop neve
 
 * ``submit(texts)`` queues one request's texts and awaits their rows; the queue is bounded (``max_queue``
   texts) and a request that does not fit fails at once with ``OverloadedError`` (HTTP 429 + Retry-After).
-* The worker counts each text's tokens once (its sequence length; OpenAI ``usage`` reuses the counts),
-  then forms a batch from the *bucket* of the oldest waiting text (buckets are powers of two, 16 tokens
+* The worker prepares each text once (``prepare``): its token count (its sequence length; OpenAI
+  ``usage`` reuses the counts) and what the model call takes of it (a text model keeps the text's
+  encoding, so the model call does not tokenize it again; ``counted`` only counts, keeping the text).
+  Then it forms a batch from the *bucket* of the oldest waiting text (buckets are powers of two, 16 tokens
   and up) in arrival order, at most ``max_batch_size`` texts: short texts are never padded to long ones
   and the oldest text always goes next, so nothing starves.
 * Adaptive wait: a batch goes as soon as it is full, or as soon as as many requests wait as the previous
@@ -16,7 +18,8 @@ Results reach each caller's own event loop with ``call_soon_threadsafe``, so one
 several loops (REST, gRPC) at once. A cancelled request's texts that have not run yet are dropped.
 
 The items need not be texts: an image model's batcher queues preprocessed images (``3 x H x W`` arrays)
-with a counter that gives every image 0 tokens, so they all share one bucket; everything else is alike.
+with a counter that gives every image 0 tokens, so they all share one bucket; everything else is alike
+(the batcher never looks inside an item, nor inside what ``prepare`` made of it).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ RETRY_AFTER_MAX_S = 60
 
 ItemT = TypeVar("ItemT")
 """What is batched: texts (``str``), or an image model's preprocessed images."""
+ReadyT = TypeVar("ReadyT")
+"""What the model call takes per item: the item itself, or what ``prepare`` made of it (an encoding)."""
 BatchRunner = Callable[[list[ItemT]], np.ndarray]
 """Embeds one batch of texts: ``[n, dim]`` rows in input order (runs in the worker thread)."""
 LengthCounter = Callable[[list[ItemT]], list[int]]
@@ -81,6 +86,27 @@ class BatchConfig:
         )
 
 
+@dataclass(frozen=True)
+class Prepared(Generic[ReadyT]):
+    """Some texts made ready for the model call, in order: what the call takes, and tokens, per text."""
+
+    ready: list[ReadyT]
+    tokens: list[int]
+
+
+Preparer = Callable[[list[ItemT]], Prepared[ReadyT]]
+"""Prepares texts for the model call and counts their tokens, once per text (runs in the worker thread)."""
+
+
+def counted(count_tokens: LengthCounter[ItemT]) -> Preparer[ItemT, ItemT]:
+    """A preparer that only counts tokens: the model call takes the items as they were queued."""
+
+    def prepare(items: list[ItemT]) -> Prepared[ItemT]:
+        return Prepared(ready=items, tokens=count_tokens(items))
+
+    return prepare
+
+
 def bucket_of(tokens: int) -> int:
     """The bucket a text of ``tokens`` tokens is batched in: 16, 32, 64, ... (its upper bound)."""
     return max(MIN_BUCKET, 1 << max(0, tokens - 1).bit_length())
@@ -95,13 +121,15 @@ class BatchResult:
 
 
 @dataclass(eq=False)
-class _Job(Generic[ItemT]):
-    """One request: its texts, where its answer goes, and how much of it is still to run."""
+class _Job(Generic[ItemT, ReadyT]):
+    """One request: its texts (and once admitted, what the model call takes of them and their tokens),
+    where its answer goes, and how much of it is still to run."""
 
     texts: list[ItemT]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[BatchResult]
     arrived: float
+    ready: list[ReadyT] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     rows: np.ndarray | None = None
     remaining: int = 0
@@ -124,40 +152,41 @@ class _Job(Generic[ItemT]):
 
 
 @dataclass(frozen=True, eq=False)
-class _Item(Generic[ItemT]):
-    job: _Job[ItemT]
+class _Item(Generic[ItemT, ReadyT]):
+    job: _Job[ItemT, ReadyT]
     index: int
     bucket: int
 
 
-class TextBatcher(Generic[ItemT]):
+class TextBatcher(Generic[ItemT, ReadyT]):
     """Queues texts from concurrent requests and runs them in length-bucketed batches on one thread."""
 
     def __init__(
         self,
         name: str,
-        run: BatchRunner[ItemT],
-        count_tokens: LengthCounter[ItemT],
+        run: BatchRunner[ReadyT],
+        prepare: Preparer[ItemT, ReadyT],
         config: BatchConfig | None = None,
         on_queue: QueueObserver | None = None,
         max_tokens: int | None = None,
     ) -> None:
-        """``max_tokens``: refuse (``InvalidInputError``) a request holding a text of more tokens than
-        this; ``count_tokens`` must then count before truncation. ``None``: no check."""
+        """``prepare``: each text's tokens and what ``run`` takes of it (``counted(count_tokens)``: the
+        text itself). ``max_tokens``: refuse (``InvalidInputError``) a request holding a text of more
+        tokens than this; ``prepare`` must then count before truncation. ``None``: no check."""
         self.name = name
         self.config = config or BatchConfig()
         self._run = run
-        self._count_tokens = count_tokens
+        self._prepare = prepare
         self._max_tokens = max_tokens
         self._on_queue = on_queue
         self._cond = threading.Condition()
-        self._incoming: deque[_Job[ItemT]] = deque()  # guarded by _cond
+        self._incoming: deque[_Job[ItemT, ReadyT]] = deque()  # guarded by _cond
         self._depth = 0  # texts submitted and not yet taken into a batch; guarded by _cond
         self._stopping = False  # guarded by _cond
         self._thread: threading.Thread | None = None
         self._rate = 0.0  # texts per second, moving average (Retry-After estimate)
         # worker-thread state
-        self._items: list[_Item[ItemT]] = []
+        self._items: list[_Item[ItemT, ReadyT]] = []
         self._target = 1  # requests the previous batch carried
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -195,7 +224,7 @@ class TextBatcher(Generic[ItemT]):
     async def submit(self, texts: list[ItemT]) -> BatchResult:
         """The rows of ``texts`` and their token counts; ``OverloadedError`` at once if the queue is full."""
         loop = asyncio.get_running_loop()
-        job: _Job[ItemT] = _Job(
+        job: _Job[ItemT, ReadyT] = _Job(
             texts=list(texts), loop=loop, future=loop.create_future(), arrived=time.monotonic()
         )
         with self._cond:
@@ -259,19 +288,19 @@ class TextBatcher(Generic[ItemT]):
             self._admit(jobs)
         return not stopping
 
-    def _admit(self, jobs: list[_Job[ItemT]]) -> None:
-        texts = [t for job in jobs for t in job.texts]
+    def _admit(self, jobs: list[_Job[ItemT, ReadyT]]) -> None:
+        """Prepare the texts of new requests (one ``prepare`` call for all) and queue them by bucket; a
+        request with a text over ``max_tokens`` fails, and all fail if ``prepare`` does."""
         try:
-            counts = [int(n) for n in self._count_tokens(texts)]
-            if len(counts) != len(texts):
-                raise RuntimeError(f"the token counter returned {len(counts)} counts for {len(texts)} texts")
+            prepared = self._prepare_texts([t for job in jobs for t in job.texts])
         except Exception as exc:
             for job in jobs:
                 self._discard(job, len(job.texts), exc)
             return
         start = 0
         for job in jobs:
-            job.tokens = counts[start : start + len(job.texts)]
+            job.ready = prepared.ready[start : start + len(job.texts)]
+            job.tokens = prepared.tokens[start : start + len(job.texts)]
             job.remaining = len(job.texts)
             start += len(job.texts)
             too_long = self._too_long(job.tokens)
@@ -279,6 +308,18 @@ class TextBatcher(Generic[ItemT]):
                 self._discard(job, len(job.texts), too_long)
                 continue
             self._items.extend(_Item(job, i, bucket_of(n)) for i, n in enumerate(job.tokens))
+
+    def _prepare_texts(self, texts: list[ItemT]) -> Prepared[ReadyT]:
+        """``prepare(texts)``, its counts as ints; ``RuntimeError`` if it did not answer for each text."""
+        prepared = self._prepare(texts)
+        tokens = [int(n) for n in prepared.tokens]
+        ready = list(prepared.ready)
+        if len(tokens) != len(texts) or len(ready) != len(texts):
+            raise RuntimeError(
+                f"the token counter returned {len(tokens)} counts and {len(ready)} prepared texts "
+                f"for {len(texts)} texts"
+            )
+        return Prepared(ready=ready, tokens=tokens)
 
     def _too_long(self, tokens: list[int]) -> InvalidInputError | None:
         limit = self._max_tokens
@@ -292,7 +333,7 @@ class TextBatcher(Generic[ItemT]):
                 )
         return None
 
-    def _discard(self, job: _Job[ItemT], queued: int, error: BaseException | None) -> None:
+    def _discard(self, job: _Job[ItemT, ReadyT], queued: int, error: BaseException | None) -> None:
         """Forget ``queued`` of ``job``'s waiting texts; tell its caller ``error`` once."""
         with self._cond:
             self._depth -= queued
@@ -333,8 +374,8 @@ class TextBatcher(Generic[ItemT]):
         return True
 
     def _drop_cancelled(self) -> None:
-        dropped: dict[int, tuple[_Job[ItemT], int]] = {}
-        kept: list[_Item[ItemT]] = []
+        dropped: dict[int, tuple[_Job[ItemT, ReadyT], int]] = {}
+        kept: list[_Item[ItemT, ReadyT]] = []
         for it in self._items:
             if it.job.cancelled or it.job.failed:
                 job, n = dropped.get(id(it.job), (it.job, 0))
@@ -346,10 +387,10 @@ class TextBatcher(Generic[ItemT]):
             for job, n in dropped.values():
                 self._discard(job, n, None)
 
-    def _form_batch(self) -> list[_Item[ItemT]]:
+    def _form_batch(self) -> list[_Item[ItemT, ReadyT]]:
         bucket = self._items[0].bucket
-        batch: list[_Item[ItemT]] = []
-        rest: list[_Item[ItemT]] = []
+        batch: list[_Item[ItemT, ReadyT]] = []
+        rest: list[_Item[ItemT, ReadyT]] = []
         for it in self._items:
             if it.bucket == bucket and len(batch) < self.config.max_batch_size:
                 batch.append(it)
@@ -363,13 +404,13 @@ class TextBatcher(Generic[ItemT]):
         self._target = min(len({id(it.job) for it in batch}), self.config.max_batch_size)
         return batch
 
-    def _execute(self, batch: list[_Item[ItemT]]) -> None:
-        texts = [it.job.texts[it.index] for it in batch]
+    def _execute(self, batch: list[_Item[ItemT, ReadyT]]) -> None:
+        ready = [it.job.ready[it.index] for it in batch]
         start = time.perf_counter()
         try:
-            rows = self._run(texts)
-            if rows.shape[0] != len(texts):
-                raise RuntimeError(f"the model returned {rows.shape[0]} rows for {len(texts)} texts")
+            rows = self._run(ready)
+            if rows.shape[0] != len(ready):
+                raise RuntimeError(f"the model returned {rows.shape[0]} rows for {len(ready)} texts")
         except Exception as exc:
             for it in batch:
                 if not it.job.failed:
@@ -378,7 +419,7 @@ class TextBatcher(Generic[ItemT]):
             return
         seconds = time.perf_counter() - start
         if seconds > 0:
-            rate = len(texts) / seconds
+            rate = len(ready) / seconds
             self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
         for it, row in zip(batch, rows, strict=True):
             job = it.job

@@ -38,7 +38,7 @@ import numpy as np
 
 from kiln.errors import InvalidInputError, PayloadTooLargeError, UnknownModelError
 from kiln.monitor.capture import current_capture
-from kiln.serve.batching import BatchConfig, TextBatcher
+from kiln.serve.batching import BatchConfig, BatchRunner, Prepared, Preparer, TextBatcher, counted
 from kiln.serve.image_inputs import DEFAULT_MAX_PIXELS, ImageInputs, PreparedImages
 from kiln.settings import TEXT_OVERFLOW, Settings
 
@@ -54,6 +54,16 @@ class TextModel(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+
+@runtime_checkable
+class TokenizingModel(Protocol):
+    """A text model that tokenizes each batched text once: ``tokenize`` counts texts for the batcher and
+    keeps their encodings, ``embed_tokenized`` runs a batch from them (the rows ``embed`` would return)."""
+
+    def tokenize(self, texts: list[str]) -> Prepared[Any]: ...
+
+    def embed_tokenized(self, items: list[Any]) -> np.ndarray: ...
 
 
 @runtime_checkable
@@ -188,7 +198,7 @@ class _Version:
     def __init__(self, info: ModelInfo, model: ServedModel) -> None:
         self.info = info
         self.model = model
-        self.batcher: TextBatcher[Any] | None = None  # set by the dataplane right after
+        self.batcher: TextBatcher[Any, Any] | None = None  # set by the dataplane right after
         self._inflight = 0
         self._idle = threading.Condition()
 
@@ -309,10 +319,11 @@ class DataPlane:
         back as ``Retired`` (drain it off the event loop).
         """
         served = _Version(info, model)
+        run, prepare = self._batch_steps(served)
         served.batcher = TextBatcher(
             info.name,
-            run=lambda items: self._embed(served, items),
-            count_tokens=_no_tokens if isinstance(model, ImageModel) else model.count_tokens,
+            run=run,
+            prepare=prepare,
             config=self.batching,
             on_queue=self._queue_callback(info.name, info.version),
             max_tokens=self._token_limit(info, model),
@@ -368,6 +379,17 @@ class DataPlane:
                     names[alias] = entry.name
         self._names = names
 
+    def _batch_steps(self, served: _Version) -> tuple[BatchRunner[Any], Preparer[Any, Any]]:
+        """How a version's batcher prepares and runs its texts: a ``TokenizingModel`` keeps each text's
+        encoding from counting to its model call; other models are only counted (an image: 0 tokens)
+        and run from the queued items."""
+        model = served.model
+        if isinstance(model, TokenizingModel):
+            embed_tokenized = model.embed_tokenized
+            return (lambda items: self._call_model(served, embed_tokenized, items)), model.tokenize
+        count = _no_tokens if isinstance(model, ImageModel) else model.count_tokens
+        return (lambda items: self._embed(served, items)), counted(count)
+
     def _token_limit(self, info: ModelInfo, model: ServedModel) -> int | None:
         """With ``text_overflow="reject"``: the tokens a text may have (the model's ``max_length``)."""
         if self.limits.text_overflow != "reject" or isinstance(model, ImageModel):
@@ -392,7 +414,7 @@ class DataPlane:
             return 0
         return sum(v.batcher.depth for v in list(entry.versions.values()) if v.batcher is not None)
 
-    def _batchers(self) -> list[TextBatcher[Any]]:
+    def _batchers(self) -> list[TextBatcher[Any, Any]]:
         with self._lock:
             return [
                 v.batcher for m in self._models.values() for v in m.versions.values() if v.batcher is not None
@@ -635,10 +657,15 @@ class DataPlane:
     def _embed(self, served: _Version, texts: list[Any]) -> np.ndarray:
         """One model call (texts, or an image model's rows): float32 rows in input order, shape-checked
         and observed."""
+        return self._call_model(served, served.model.embed, texts)
+
+    def _call_model(self, served: _Version, call: BatchRunner[Any], texts: list[Any]) -> np.ndarray:
+        """``call(texts)`` (``embed``, or ``embed_tokenized`` of prepared texts) as one model call:
+        float32 rows in input order, shape-checked and observed."""
         info = served.info
         with self._compute:
             start = time.perf_counter()
-            embeddings = np.ascontiguousarray(served.model.embed(texts), dtype=np.float32)
+            embeddings = np.ascontiguousarray(call(texts), dtype=np.float32)
             seconds = time.perf_counter() - start
         if embeddings.shape != (len(texts), info.dimension):
             raise RuntimeError(

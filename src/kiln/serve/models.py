@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from pydantic import ValidationError
+from tokenizers import Encoding
 
 from kiln.bench.quality_classify import softmax
 from kiln.bundle.load import Bundle
@@ -16,6 +18,7 @@ from kiln.runtime.embedder import OnnxEmbedder
 from kiln.runtime.image_preprocess import preprocess
 from kiln.runtime.onnx_backend import OnnxBackend
 from kiln.runtime.tokenizer import TextTokenizer
+from kiln.serve.batching import Prepared
 from kiln.serve.dataplane import ModelInfo, ServedModel, TensorSpec
 from kiln.serve.image_inputs import ImageInputs, PreparedImages, prepare_images
 from kiln.tasks.classify_config import TASK_NAME as CLASSIFY
@@ -49,27 +52,82 @@ class UntruncatedCounter:
         self._tok.no_truncation()
         self._tok.no_padding()
 
+    def encodings(self, texts: Sequence[str]) -> list[Encoding]:
+        """Each text's whole encoding (unpadded, special tokens included)."""
+        return self._tok.encode_batch(list(texts))
+
     def __call__(self, texts: Sequence[str]) -> list[int]:
-        return [len(e.ids) for e in self._tok.encode_batch(list(texts))]
+        return [len(e) for e in self.encodings(texts)]
 
 
-def _truncated_counts(tokenizer: TextTokenizer, texts: Sequence[str]) -> list[int]:
-    mask = tokenizer.encode(texts)["attention_mask"]
-    return [int(n) for n in mask.sum(axis=1)]
+@dataclass(frozen=True, slots=True)
+class TokenizedText:
+    """A served text and its encoding, made when the batcher counted its tokens (``len(encoding)``)."""
+
+    text: str
+    encoding: Encoding
 
 
-class EmbedModel:
-    """An ``OnnxEmbedder`` with the token counter the OpenAI ``usage`` field needs.
+class ServedTokenizer:
+    """Tokenizes each served text once: the count the batcher buckets by (and OpenAI ``usage`` reports)
+    comes from the same encoding the model call then reads.
 
-    ``untruncated``: count tokens before truncation (see :class:`UntruncatedCounter`)."""
+    Encodings are unpadded and truncated to ``max_length``; with ``untruncated`` (see
+    :class:`UntruncatedCounter`) they are whole, so that the count is the one before truncation, and a
+    text that is not refused for it has no more tokens than the model reads.
+    """
 
-    def __init__(self, embedder: OnnxEmbedder, untruncated: UntruncatedCounter | None = None) -> None:
-        self.embedder = embedder
+    def __init__(self, tokenizer: TextTokenizer, untruncated: UntruncatedCounter | None = None) -> None:
+        self.tokenizer = tokenizer
         self._untruncated = untruncated
 
     @property
     def counts_untruncated(self) -> bool:
         return self._untruncated is not None
+
+    def encodings(self, texts: Sequence[str]) -> list[Encoding]:
+        """Each text's encoding, as counted (whole with ``untruncated``, else truncated)."""
+        if self._untruncated is not None:
+            return self._untruncated.encodings(texts)
+        return self.tokenizer.encodings(texts)
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text, special tokens included, padding excluded."""
+        return [len(e) for e in self.encodings(texts)]
+
+    def tokenize(self, texts: Sequence[str]) -> Prepared[TokenizedText]:
+        """Each text's count and encoding, for the batcher (one tokenizer call for all texts)."""
+        encodings = self.encodings(texts)
+        return Prepared(
+            ready=[TokenizedText(t, e) for t, e in zip(texts, encodings, strict=True)],
+            tokens=[len(e) for e in encodings],
+        )
+
+    def model_encodings(self, items: Sequence[TokenizedText]) -> list[Encoding]:
+        """What the model reads of each text: its encoding, cut to ``max_length`` when it is longer (a
+        text counted whole that was not refused; encoded again, with truncation, only then)."""
+        encodings = [item.encoding for item in items]
+        over = [i for i, e in enumerate(encodings) if len(e) > self.tokenizer.max_length]
+        if over:
+            cut = self.tokenizer.encodings([items[i].text for i in over])
+            for i, e in zip(over, cut, strict=True):
+                encodings[i] = e
+        return encodings
+
+
+class EmbedModel:
+    """An ``OnnxEmbedder`` with the token counter the OpenAI ``usage`` field needs.
+
+    ``untruncated``: count tokens before truncation (see :class:`UntruncatedCounter`). Through the
+    batcher, ``tokenize`` then ``embed_tokenized`` tokenize each text once (``embed`` tokenizes again)."""
+
+    def __init__(self, embedder: OnnxEmbedder, untruncated: UntruncatedCounter | None = None) -> None:
+        self.embedder = embedder
+        self.tokens = ServedTokenizer(embedder.tokenizer, untruncated)
+
+    @property
+    def counts_untruncated(self) -> bool:
+        return self.tokens.counts_untruncated
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embedder.embed(texts)
@@ -77,9 +135,16 @@ class EmbedModel:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text after truncation (before it, with ``untruncated``), special tokens included,
         padding excluded."""
-        if self._untruncated is not None:
-            return self._untruncated(texts)
-        return _truncated_counts(self.embedder.tokenizer, texts)
+        return self.tokens.count(texts)
+
+    def tokenize(self, texts: Sequence[str]) -> Prepared[TokenizedText]:
+        """Each text's ``count_tokens`` and the encoding ``embed_tokenized`` reads."""
+        return self.tokens.tokenize(texts)
+
+    def embed_tokenized(self, items: Sequence[TokenizedText]) -> np.ndarray:
+        """``embed`` of the texts ``tokenize`` made ``items`` of (the same rows), without encoding them
+        again."""
+        return self.embedder.embed_encodings(self.tokens.model_encodings(items))
 
 
 def embed_config(bundle: Bundle) -> EmbedConfig:
@@ -155,11 +220,11 @@ class ClassifyModel:
     ) -> None:
         self.runner = runner
         self.labels = tuple(labels)
-        self._untruncated = untruncated
+        self.tokens = ServedTokenizer(runner.tokenizer, untruncated)
 
     @property
     def counts_untruncated(self) -> bool:
-        return self._untruncated is not None
+        return self.tokens.counts_untruncated
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities ``[n, classes]`` (float32); column ``k`` is ``labels[k]``."""
@@ -171,9 +236,15 @@ class ClassifyModel:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Like :meth:`EmbedModel.count_tokens`."""
-        if self._untruncated is not None:
-            return self._untruncated(texts)
-        return _truncated_counts(self.runner.tokenizer, texts)
+        return self.tokens.count(texts)
+
+    def tokenize(self, texts: Sequence[str]) -> Prepared[TokenizedText]:
+        """Like :meth:`EmbedModel.tokenize`."""
+        return self.tokens.tokenize(texts)
+
+    def embed_tokenized(self, items: Sequence[TokenizedText]) -> np.ndarray:
+        """``embed`` of the texts ``tokenize`` made ``items`` of, without encoding them again."""
+        return softmax(self.runner.embed_encodings(self.tokens.model_encodings(items))).astype(np.float32)
 
 
 def top_labels(labels: Sequence[str], scores: np.ndarray) -> list[str]:

@@ -5,7 +5,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from kiln.errors import BundleError, InvalidInputError
-from kiln.runtime.embedder import embed_in_batches
+from kiln.runtime.embedder import OnnxEmbedder, embed_in_batches
 from kiln.runtime.tokenizer import TextTokenizer
 
 VOCAB = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c", "d"])}
@@ -56,3 +56,67 @@ def test_batches_keep_input_order(tok_path: Path) -> None:
     )
     assert out[:, 0].tolist() == [6, 3, 4, 8, 3]
     assert sum(seen) == len(texts)
+
+
+def reference_feed(path: Path, max_length: int, texts: list[str]) -> dict[str, np.ndarray]:
+    """What ``tokenizers`` itself pads a batch to (per-batch padding, truncation)."""
+    tok = Tokenizer.from_file(str(path))
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    tok.enable_truncation(max_length=max_length)
+    encs = tok.encode_batch(texts)
+    return {
+        "input_ids": np.asarray([e.ids for e in encs], dtype=np.int64),
+        "attention_mask": np.asarray([e.attention_mask for e in encs], dtype=np.int64),
+        "token_type_ids": np.asarray([e.type_ids for e in encs], dtype=np.int64),
+    }
+
+
+@pytest.mark.parametrize("single", ["[CLS] $A [SEP]", "[CLS]:1 $A:1 [SEP]:1"])
+def test_feed_of_encodings_pads_as_the_tokenizer_does(tok_path: Path, single: str) -> None:
+    tok = Tokenizer.from_file(str(tok_path))
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.save(str(tok_path))
+    t = TextTokenizer(tok_path, max_length=6)
+    texts = ["a b", "a", "a b c d a b c", "d d d", "c"]
+    encodings = t.encodings(texts)
+    assert [len(e) for e in encodings] == [4, 3, 6, 5, 3]  # unpadded, truncated
+    expected = reference_feed(tok_path, 6, texts)
+    for feed in (t.feed(encodings), t.encode(texts)):
+        assert feed.keys() == expected.keys()
+        for name, array in expected.items():
+            assert feed[name].dtype == np.int64
+            np.testing.assert_array_equal(feed[name], array)
+    with pytest.raises(InvalidInputError):
+        t.feed([])
+
+
+class RecordingBackend:
+    """Rows are [sum of ids, feed width]; records every feed."""
+
+    input_names = ["input_ids", "attention_mask", "token_type_ids"]
+
+    def __init__(self) -> None:
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.feeds.append(feed)
+        ids = feed["input_ids"]
+        return [np.stack([ids.sum(axis=1), np.full(len(ids), ids.shape[1])], axis=1)]
+
+
+def test_embed_encodings_runs_the_feeds_embed_runs(tok_path: Path) -> None:
+    t = TextTokenizer(tok_path, max_length=6)
+    texts = ["a b c d", "a", "b c", "d d d d d d", "c", "a a", "b"]
+    by_text, by_encoding = RecordingBackend(), RecordingBackend()
+    from_texts = OnnxEmbedder(by_text, t)  # type: ignore[arg-type]
+    from_encodings = OnnxEmbedder(by_encoding, t)  # type: ignore[arg-type]
+    rows = from_texts.embed(texts, batch_size=3)
+    again = from_encodings.embed_encodings(t.encodings(texts), batch_size=3)
+    assert rows.tobytes() == again.tobytes()
+    assert len(by_text.feeds) == len(by_encoding.feeds) == 3
+    for feed, same in zip(by_text.feeds, by_encoding.feeds, strict=True):
+        for name in feed:
+            np.testing.assert_array_equal(feed[name], same[name])
+    assert from_encodings.embed_encodings([]).shape == (0, 0)

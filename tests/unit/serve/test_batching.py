@@ -20,6 +20,7 @@ from kiln.serve.batching import (
     BatchResult,
     TextBatcher,
     bucket_of,
+    counted,
 )
 from kiln.settings import Settings
 
@@ -50,7 +51,9 @@ class GatedRunner:
 
 def make(runner: GatedRunner, depths: list[int] | None = None, **knobs: float) -> TextBatcher:
     config = BatchConfig(**knobs)  # type: ignore[arg-type]
-    return TextBatcher("m", runner, tokens, config, on_queue=None if depths is None else depths.append)
+    return TextBatcher(
+        "m", runner, counted(tokens), config, on_queue=None if depths is None else depths.append
+    )
 
 
 async def until(predicate: Callable[[], bool]) -> None:
@@ -265,7 +268,7 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on() -> None:
             raise ValueError("model exploded")
         return np.zeros((len(texts), 2), dtype=np.float32)
 
-    batcher = TextBatcher("m", flaky, tokens)
+    batcher = TextBatcher("m", flaky, counted(tokens))
 
     async def main() -> None:
         with pytest.raises(ValueError, match="model exploded"):
@@ -285,8 +288,8 @@ def test_wrong_row_count_and_counter_errors_reach_the_caller() -> None:
             raise ValueError("cannot tokenize")
         return [1] * len(texts)
 
-    batcher = TextBatcher("m", short, tokens)
-    counting = TextBatcher("c", GatedRunner(gate_first=False), bad_counter)
+    batcher = TextBatcher("m", short, counted(tokens))
+    counting = TextBatcher("c", GatedRunner(gate_first=False), counted(bad_counter))
 
     async def main() -> None:
         with pytest.raises(RuntimeError, match="returned 1 rows for 2 texts"):
@@ -360,7 +363,7 @@ def test_max_tokens_refuses_only_the_request_with_an_over_long_text() -> None:
 
     runner = GatedRunner()
     depths: list[int] = []
-    batcher = TextBatcher("m", runner, tokens, BatchConfig(), on_queue=depths.append, max_tokens=5)
+    batcher = TextBatcher("m", runner, counted(tokens), BatchConfig(), on_queue=depths.append, max_tokens=5)
     errors: list[BaseException] = []
 
     async def long_request() -> None:
