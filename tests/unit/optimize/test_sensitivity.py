@@ -117,3 +117,63 @@ def test_minilm_dynamic_sensitivity_and_exclusion(tmp_path: Path) -> None:
         recipe, src, tmp_path / "q.onnx", ranking, passes, group_size=4, max_excluded=8
     )
     assert result.passed and len(result.excluded) in (4, 8)
+
+
+FOLDING = QuantizeStatic(calibration_method="MinMax", op_types=("Conv", "Gemm", "Relu"))
+"""ReLUs quantized too: ORT folds each into its convolution, which then writes the ReLU's output."""
+
+
+@pytest.mark.parametrize("scope", ["node", "output"])
+def test_convolutions_with_folded_relus_are_ranked(scope: str) -> None:
+    ranking = recipe_sensitivity(
+        FOLDING,
+        tiny_cnn(),
+        cnn_feeds(1, seed=6),
+        calibration=_reader(),
+        scope=scope,  # type: ignore[arg-type]
+    )
+    assert {s.node for s in ranking} == CNN_NODES
+    assert all(s.quantized and 0 < s.rel_error < 0.2 for s in ranking)
+
+
+def test_output_scope_measures_the_models_answer(tmp_path: Path) -> None:
+    """A node's output-scope error is what the model's answer loses when that node alone is quantized."""
+    import onnxruntime as ort
+
+    src, feeds = tiny_cnn(), cnn_feeds(1, seed=6)
+    quantized = FOLDING.apply(src, tmp_path / "q.onnx", _reader())
+    ranking = {s.node: s for s in rank_sensitivity(src, quantized, feeds, scope="output")}
+    only_head = FOLDING.model_copy(update={"nodes_to_exclude": ("node_Conv_22", "node_Conv_23")})
+    alone = only_head.apply(src, tmp_path / "head.onnx", _reader())
+
+    def run(path: Path) -> np.ndarray:
+        return np.asarray(
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
+        )
+
+    want = run(src)
+    head_alone = float(np.linalg.norm(run(alone) - want) / np.linalg.norm(want))
+    assert ranking["node_linear"].rel_error == pytest.approx(head_alone, rel=0.05)
+    # float bytes: the head's 64x512 float weights (less their int8 copy) dwarf the first conv's
+    assert ranking["node_linear"].float_bytes > 64 * 512 * 2.5  # 3 bytes a weight, less its scales
+    assert 0 < ranking["node_Conv_22"].float_bytes < ranking["node_linear"].float_bytes
+
+
+def test_exclusion_keeps_within_the_float_byte_budget(tmp_path: Path) -> None:
+    ranking = [
+        NodeSensitivity("node_linear", "Gemm", 0.3, True, float_bytes=100_000),
+        NodeSensitivity("node_Conv_23", "Conv", 0.2, True, float_bytes=60_000),
+        NodeSensitivity("node_Conv_22", "Conv", 0.1, True, float_bytes=2_000),
+    ]
+    result = exclude_until_passes(
+        QuantizeStatic(calibration_method="MinMax"),
+        tiny_cnn(),
+        tmp_path / "q.onnx",
+        ranking,
+        lambda _: False,
+        max_float_bytes=65_000,
+        calibration=_reader(),
+    )
+    # the head does not fit; the next two do, in ranking order
+    assert result.excluded == ("node_Conv_23", "node_Conv_22")
+    assert result.attempts == [(1, False), (2, False)]
