@@ -52,7 +52,7 @@ from kiln.optimize.quant_static import QuantizeStatic, int8_static_for
 from kiln.optimize.recipes import ExportOnnx, QuantizeDynamic, int8_dynamic_for, int8_dynamic_per_tensor
 from kiln.optimize.search import Budget, SearchTrace, check_target, recipe_summary, screen_failure
 from kiln.optimize.select import BASELINE, choose
-from kiln.optimize.sensitivity import exclude_until_passes, rank_sensitivity
+from kiln.optimize.sensitivity import Scope, exclude_until_passes, rank_sensitivity
 from kiln.optimize.structural import (
     TECHNIQUES,
     TRAIN_SECONDS,
@@ -898,6 +898,12 @@ class _BuildRun:
         self.trace.update(c.record.name, outcome="rejected", reason=decision.reason)
         return False
 
+    def _float_bytes_left(self, quantized: Path) -> int | None:
+        """What ``--max-size-mb`` leaves for float weights next to ``quantized`` (None: no size budget)."""
+        if self.opts.max_size_mb is None:
+            return None
+        return max(0, int(self.opts.max_size_mb * 1e6) - quantized.stat().st_size)
+
     def _accuracy_control(self, name: str, recipe: Any, parent: str = BASELINE) -> None:
         """Return the most sensitive nodes to float, one group at a time, until the ranking screen
         passes; the result is a new candidate ``<name>-ac`` that then goes through the whole gate."""
@@ -914,7 +920,10 @@ class _BuildRun:
         with self.trace.timed(ac_name):
             try:
                 feeds = self._sensitivity_feeds(parent)
-                ranking = rank_sensitivity(src, bad, feeds, threads=self.opts.threads)
+                # CNNs: a layer's local error says little of what it costs the answer (measured on
+                # EfficientNet-Lite0), so each node is judged inside the float model
+                scope: Scope = "output" if isinstance(self.task, ImageClassifyTask) else "node"
+                ranking = rank_sensitivity(src, bad, feeds, threads=self.opts.threads, scope=scope)
             except (BuildError, Exception) as exc:  # ORT raises plain exceptions on odd cut-outs
                 self.trace.update(ac_name, outcome="failed", reason=f"sensitivity ranking failed: {exc}")
                 return
@@ -943,6 +952,7 @@ class _BuildRun:
                     group_size=group,
                     max_excluded=group * AC_MAX_GROUPS,
                     calibration=calibration,
+                    max_float_bytes=self._float_bytes_left(bad),
                 )
             except BuildError as exc:
                 self.trace.update(ac_name, outcome="failed", reason=str(exc))
