@@ -15,11 +15,12 @@ small custom one in a temporary folder (``kiln_onnx_runtime.py``: MLServer's ``M
 
 Each server starts alone (cold start); then both stay up, both embed the same texts and the answers are
 compared (they must agree), and they are driven in turn, never at once, over loopback by the same asyncio
-httpx client (``serve_throughput.drive``: POST /v2/models/{m}/infer, JSON BYTES tensor, one text per
-request, closed loop) at concurrency 1 and 32, in ``--rounds`` alternating rounds (medians reported: on a
-shared machine the background load drifts, and neighbouring rounds see about the same). Prints
-throughput, the ratio (bar: kiln ≥ 2x MLServer at concurrency 32) and p50/p99 latencies (bar: kiln's p99
-no worse). Asserts nothing.
+client (``serve_throughput.drive``: POST /v2/models/{m}/infer, JSON BYTES tensor, one text per request,
+closed loop; ``--client lean``, the default, sends pre-encoded HTTP/1.1 like wrk, ``--client httpx`` uses
+httpx, which takes more CPU from both servers) at concurrency 1 and 32, in ``--rounds`` alternating
+rounds (medians reported: on a shared machine the background load drifts, and neighbouring rounds see
+about the same). Prints throughput, the ratio (bar: kiln ≥ 2x MLServer at concurrency 32) and p50/p99
+latencies (bar: kiln's p99 no worse). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -190,12 +191,18 @@ Phase = tuple[float, float, float, int]  # texts/s, p50 ms, p99 ms, non-200 answ
 
 
 def measure(
-    url: str, model: str, concurrency: int, seconds: float, max_requests: int, console: Console
+    url: str,
+    model: str,
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    console: Console,
+    client: str = "lean",
 ) -> tuple[Phase, Phase]:
     console.print("  concurrency 1 ...")
-    c1 = asyncio.run(drive(url, model, 1, 1, seconds, max_requests))
+    c1 = asyncio.run(drive(url, model, 1, 1, seconds, max_requests, client))
     console.print(f"  concurrency {concurrency} ...")
-    cn = asyncio.run(drive(url, model, concurrency, 1, seconds, max_requests))
+    cn = asyncio.run(drive(url, model, concurrency, 1, seconds, max_requests, client))
     return c1, cn
 
 
@@ -226,6 +233,9 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=20_000, help="most requests per phase")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per server (medians reported)")
+    ap.add_argument(
+        "--client", choices=("lean", "httpx"), default="lean", help="load client (see serve_throughput)"
+    )
     ap.add_argument("--mlserver-venv", type=Path, default=None, help="default KILN_HOME/bench/mlserver-venv")
     args = ap.parse_args()
     console = Console(width=max(Console().width, 120))
@@ -269,7 +279,15 @@ def main() -> None:
                 for name in ("kiln", "mlserver") if r % 2 == 0 else ("mlserver", "kiln"):
                     console.print(f"round {r + 1}/{args.rounds}: {name}")
                     runs[name].append(
-                        measure(urls[name], model, args.concurrency, args.seconds, args.max_requests, console)
+                        measure(
+                            urls[name],
+                            model,
+                            args.concurrency,
+                            args.seconds,
+                            args.max_requests,
+                            console,
+                            args.client,
+                        )
                     )
         finally:
             for proc in procs:

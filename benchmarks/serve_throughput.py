@@ -7,25 +7,31 @@ Measures, one after the other so they never share the CPU:
   1. raw ORT in this process: single-text p50 latency, and batched throughput (batches of
      KILN_MAX_BATCH_SIZE texts, default 32) — the kiln embedder on the same bundle, no HTTP;
   2. cold start of a real ``kiln serve`` process (spawn -> /v2/health/ready answers 200);
-  3. that server driven over loopback by an asyncio httpx client (POST /v2/models/{m}/infer) at
-     concurrency 1 and 32, each phase bounded by --seconds and --max-requests.
+  3. that server driven over loopback (POST /v2/models/{m}/infer, JSON BYTES tensor) at concurrency 1
+     and 32, each phase bounded by --seconds and --max-requests, by a closed-loop asyncio client:
+     ``--client lean`` (default; benchmarks/lean_client.py: pre-encoded HTTP/1.1 on keep-alive
+     connections, like wrk) or ``--client httpx``.
 Prints ratios against the bars; asserts nothing. The client runs on the same machine as the server and
-takes CPU from it: on a small machine that lowers the served numbers.
+takes CPU from it: on a small machine that lowers the served numbers. httpx spends more CPU per request
+than the server's own Python does, which is why the lean client is the default.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+from lean_client import drive_lean
 from rich.console import Console
 from rich.table import Table
 
@@ -94,11 +100,44 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise RuntimeError(f"kiln serve was not ready after {timeout:.0f}s")
 
 
+def infer_body(texts: list[str]) -> dict[str, object]:
+    return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+
+
+def check_infer_answer(body: bytes) -> None:
+    outputs = json.loads(body).get("outputs")
+    if not outputs or not outputs[0].get("data"):
+        raise RuntimeError(f"the server's answer holds no output tensor: {body[:200]!r}")
+
+
 async def drive(
-    url: str, model: str, concurrency: int, per_request: int, seconds: float, max_requests: int
+    url: str,
+    model: str,
+    concurrency: int,
+    per_request: int,
+    seconds: float,
+    max_requests: int,
+    client_kind: str = "lean",
 ) -> tuple[float, float, float, int]:
-    """(texts/s, p50 ms, p99 ms, non-200 answers) with ``concurrency`` clients in a closed loop."""
+    """(texts/s, p50 ms, p99 ms, non-200 answers) with ``concurrency`` clients in a closed loop;
+    ``client_kind``: ``lean`` (benchmarks/lean_client.py, little CPU) or ``httpx``."""
     pool = texts_pool(1024)
+    if client_kind == "lean":
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        texts = [[pool[(i * per_request + k) % len(pool)] for k in range(per_request)] for i in range(256)]
+        bodies = [json.dumps(infer_body(t)).encode() for t in texts]
+        return await drive_lean(
+            parts.hostname,
+            parts.port,
+            f"/v2/models/{model}/infer",
+            bodies,
+            concurrency,
+            seconds,
+            max_requests,
+            per_request,
+            check_infer_answer,
+        )
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -107,9 +146,8 @@ async def drive(
     async def one(client: httpx.AsyncClient, i: int) -> float:
         nonlocal errors
         texts = [pool[(i * per_request + k) % len(pool)] for k in range(per_request)]
-        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
         t0 = time.perf_counter()
-        r = await client.post(path, json=body)
+        r = await client.post(path, json=infer_body(texts))
         if r.status_code != 200:
             errors += 1
         return time.perf_counter() - t0
@@ -150,6 +188,12 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=20_000, help="most requests per phase")
     ap.add_argument("--texts-per-request", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument(
+        "--client",
+        choices=("lean", "httpx"),
+        default="lean",
+        help="load client: lean (pre-encoded HTTP/1.1 on asyncio streams, little CPU) or httpx",
+    )
     args = ap.parse_args()
     console = Console(width=max(Console().width, 120))
     settings = Settings.from_env()
@@ -172,9 +216,11 @@ def main() -> None:
         cold = time.perf_counter() - t0
         per = args.texts_per_request
         console.print(f"kiln serve ready in {cold:.2f} s; driving it at concurrency 1 ...")
-        c1 = asyncio.run(drive(url, model, 1, 1, args.seconds, args.max_requests))
+        c1 = asyncio.run(drive(url, model, 1, 1, args.seconds, args.max_requests, args.client))
         console.print(f"... and at concurrency {args.concurrency} ({per} text(s) per request) ...")
-        cn = asyncio.run(drive(url, model, args.concurrency, per, args.seconds, args.max_requests))
+        cn = asyncio.run(
+            drive(url, model, args.concurrency, per, args.seconds, args.max_requests, args.client)
+        )
     finally:
         proc.terminate()
         proc.wait(30)
@@ -209,7 +255,7 @@ def main() -> None:
     if c1[3] or cn[3]:
         console.print(f"[red]non-200 answers: {c1[3]} at concurrency 1, {cn[3]} at {args.concurrency}[/]")
     console.print(
-        f"{os.cpu_count()} cores; the client shares them with the server. "
+        f"{os.cpu_count()} cores; the {args.client} client shares them with the server. "
         f"Knobs: KILN_MAX_BATCH_SIZE={settings.max_batch_size} KILN_MAX_WAIT_MS={settings.max_wait_ms:g} "
         f"KILN_MAX_QUEUE={settings.max_queue} KILN_THREADS={settings.threads or 'all'}"
     )

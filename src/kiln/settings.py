@@ -74,9 +74,11 @@ class Settings:
     ``KILN_HOME``               cache for built bundles and build scratch space
                                 (default ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``)
     ``KILN_THREADS``            intra-op threads for ONNX Runtime (0 = all cores)
-    ``KILN_ORT_SPINNING``       ONNX Runtime's idle worker threads spin between operators (1) or sleep
-                                (0, default: the HTTP side needs the cores too; on 2 cores the server
-                                answered 369-401 texts/s at concurrency 32 with 0, 312-356 with 1)
+    ``KILN_ORT_SPINNING``       ONNX Runtime's idle worker threads spin between operators (1, default)
+                                or sleep (0). Sleeping threads wake late: on 2 cores a one-text request
+                                took +2.1 to +3.2 ms over raw ORT with 0, +0.5 to +1.1 ms with 1, for
+                                about the same throughput at concurrency 32 (0.72-0.95x raw with 0,
+                                0.89-1.08x with 1; benchmarks/serve_throughput.py, lean client)
     ``KILN_MAX_BATCH_ITEMS``    most texts one request may carry
     ``KILN_MAX_REQUEST_BYTES``  largest request body the server accepts
     ``KILN_MAX_TEXT_CHARS``     longest single text accepted (characters; a longer one is refused)
@@ -109,7 +111,7 @@ class Settings:
 
     home: Path = field(default_factory=_default_home)
     threads: int = 0
-    ort_spinning: bool = False
+    ort_spinning: bool = True
     max_batch_items: int = 256
     max_request_bytes: int = 8 * 1024 * 1024
     max_text_chars: int = 100_000
@@ -143,7 +145,7 @@ class Settings:
         return cls(
             home=Path(home).expanduser() if home else _default_home(),
             threads=_int("KILN_THREADS", 0),
-            ort_spinning=_bool("KILN_ORT_SPINNING", False),
+            ort_spinning=_bool("KILN_ORT_SPINNING", True),
             max_batch_items=_int("KILN_MAX_BATCH_ITEMS", 256),
             max_request_bytes=_int("KILN_MAX_REQUEST_BYTES", 8 * 1024 * 1024),
             max_text_chars=_int("KILN_MAX_TEXT_CHARS", 100_000),

@@ -1,4 +1,4 @@
-"""KILN_ORT_SPINNING: served sessions do not spin by default; the setting reaches the session."""
+"""KILN_ORT_SPINNING: served sessions spin by default (ORT's own default); the setting reaches the session."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from kiln.serve.models import load_model
 from kiln.settings import Settings
 
 
-def test_the_default_is_not_to_spin(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_is_to_spin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KILN_ORT_SPINNING", raising=False)
-    assert Settings.from_env().ort_spinning is False
-    monkeypatch.setenv("KILN_ORT_SPINNING", "1")
     assert Settings.from_env().ort_spinning is True
+    monkeypatch.setenv("KILN_ORT_SPINNING", "0")
+    assert Settings.from_env().ort_spinning is False
 
 
 @pytest.mark.parametrize("spinning", [True, False])
