@@ -81,6 +81,19 @@ def _weights_only_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _unfused(path: Path, x: np.ndarray, threads: int) -> np.ndarray:
+    """``path`` run with ORT's graph optimizations off: each QDQ pair computed in float (no integer
+    kernels), i.e. the quantization itself without the CPU kernels' own rounding or saturation."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + 32]})[0] for i in range(0, len(x), 32)])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--held-out", type=int, default=320, help="held-out views (whole photos first)")
@@ -156,11 +169,27 @@ def main() -> None:
             f"ranking agreement {rank_agr:.4f}"
         )
         if rank_agr < BAR_AGREEMENT:
-            ranking_nodes = rank_sensitivity(fp32, chosen, reader.feeds[:4], threads=args.threads)
+            # accuracy control: nodes ranked by what each costs the model's answer (spliced alone into
+            # the float graph), kept float while the file stays under the size bar; the first passing
+            # attempt wins, else the one with the best ranking agreement
+            ranking_nodes = rank_sensitivity(
+                fp32, chosen, reader.feeds[:4], threads=args.threads, scope="output"
+            )
+            budget = int(fp32.stat().st_size / BAR_SIZE) - chosen.stat().st_size
+            best = (rank_agr, chosen, name)
+            attempt = 0
 
             def passes(path: Path) -> bool:
+                nonlocal best, attempt
+                attempt += 1  # one node more per attempt (group_size=1)
                 runner = OnnxImageClassifier(OnnxBackend(path, args.threads), pre)
-                return top1_agreement(ref_rank, runner.embed(split.ranking)) >= BAR_AGREEMENT
+                agr = top1_agreement(ref_rank, runner.embed(split.ranking))
+                print(f"  {attempt} most costly nodes float: ranking agreement {agr:.4f}", flush=True)
+                if agr > best[0]:
+                    kept = work / f"int8-ac-{attempt}.onnx"
+                    shutil.copyfile(path, kept)
+                    best = (agr, kept, f"{name} + {attempt} nodes float")
+                return agr >= BAR_AGREEMENT
 
             result = exclude_until_passes(
                 recipe,
@@ -168,16 +197,16 @@ def main() -> None:
                 work / "int8-ac.onnx",
                 ranking_nodes,
                 passes,
-                group_size=4,
+                group_size=1,
                 max_excluded=args.max_float_nodes,
                 calibration=reader,
+                max_float_bytes=budget,
             )
             print(
-                f"accuracy control: {len(result.excluded)} most sensitive nodes kept float "
-                f"({'passed' if result.passed else 'still under the bar'}): {list(result.excluded)}"
+                f"accuracy control ({'passed' if result.passed else 'still under the bar'}), most costly "
+                f"first: {[n.node for n in ranking_nodes[:6]]}"
             )
-            if result.passed and result.path is not None:
-                chosen, name = result.path, f"{name} + {len(result.excluded)} nodes float"
+            rank_agr, chosen, name = best
 
         int8 = OnnxImageClassifier(OnnxBackend(chosen, args.threads), pre)
         int8_held = int8.embed(held.texts)
@@ -197,6 +226,7 @@ def main() -> None:
         jitter = np.random.default_rng(args.seed).uniform(-0.5, 0.5, x.shape).astype(np.float32)
         noisy = x + jitter * np.float32(pre.cfg.scale / pre.cfg.std[0])
         floor = top1_agreement(fp32_held, onnx_fp32.embed_arrays(noisy))
+        unfused = _unfused(chosen, x, args.threads)
         weights_only = _weights_only_int8(fp32, work / "weights-only.onnx")
         w8 = OnnxImageClassifier(OnnxBackend(weights_only, args.threads), pre).embed(held.texts)
         probs = np.exp(ref_held - ref_held.max(1, keepdims=True))
@@ -223,6 +253,8 @@ def main() -> None:
         print(
             f"  noise floor: ONNX fp32 vs itself on inputs jittered by +-0.5 grey level: {floor:.4f}\n"
             f"  weights-only INT8 (fake-quantized, activations float): {top1_agreement(ref_held, w8):.4f}\n"
+            f"  the chosen INT8 graph with ORT's fusions off (QDQ in float, no integer kernels): "
+            f"{top1_agreement(ref_held, unfused):.4f}\n"
             f"  on the {int(confident.sum())} views where fp32 is confident (top-1 p >= 0.5): "
             f"{top1_agreement(ref_held[confident], int8_held[confident]):.4f}; on the {int(natural.sum())} "
             f"views of natural photos: {top1_agreement(ref_held[natural], int8_held[natural]):.4f}"
