@@ -51,7 +51,9 @@ class QuantizeEmbedding4(BaseModel):
 
     kind: Literal["int4-embedding"] = "int4-embedding"
     block_size: int = Field(
-        default=128, description="values per (scale, offset) pair along the hidden axis; divides hidden"
+        default=128,
+        description="values per (scale, offset) pair along the hidden axis, at most; a table whose hidden "
+        "size it does not divide uses the largest smaller power of two (>= 16) that does",
     )
     min_rows: int = Field(
         default=1024, ge=1, description="only tables with at least this many rows (token embeddings)"
@@ -136,10 +138,10 @@ class QuantizeEmbedding4(BaseModel):
                     f"{', '.join(users)}; 4-bit copy would not save bytes (the float table must stay)"
                 )
             hidden = inits[table_name].dims[1]
-            if hidden % self.block_size:
+            if block_for(hidden, self.block_size) is None:
                 raise BuildError(
-                    f"4-bit embedding of {name}: block_size {self.block_size} does not divide the hidden "
-                    f"size {hidden} of table {table_name}; pick a power of two that divides {hidden}"
+                    f"4-bit embedding of {name}: no power of two from 16 to block_size {self.block_size} "
+                    f"divides the hidden size {hidden} of table {table_name}"
                 )
 
         taken = {n.name for n in graph.node} | {v for n in graph.node for v in (*n.input, *n.output)}
@@ -155,7 +157,10 @@ class QuantizeEmbedding4(BaseModel):
                     f"4-bit embedding of {name}: table {table_name} has values that are not finite or "
                     f"beyond float16 range (|x| > {_FP16_MAX:g}); scales and offsets are stored in float16"
                 )
-            packed, scale, offset = quantize_table(table, self.block_size)
+            rows, hidden = table.shape
+            block = block_for(hidden, self.block_size)
+            assert block is not None  # checked above
+            packed, scale, offset = quantize_table(table, block)
             names = (
                 namer.fresh(table_name + _SUFFIX_Q4),
                 namer.fresh(table_name + _SUFFIX_SCALE),
@@ -163,13 +168,12 @@ class QuantizeEmbedding4(BaseModel):
             )
             for arr, tensor_name in zip((packed, scale, offset), names, strict=True):
                 graph.initializer.append(numpy_helper.from_array(arr, tensor_name))
-            rows, hidden = table.shape
             for index in at:
                 replacements[index] = _lookup_nodes(
                     graph.node[index],
                     names,
                     rows_hidden=(rows, hidden),
-                    block=self.block_size,
+                    block=block,
                     namer=namer,
                     consts=consts,
                 )
@@ -178,7 +182,7 @@ class QuantizeEmbedding4(BaseModel):
                     name=table_name,
                     rows=rows,
                     hidden=hidden,
-                    block_size=self.block_size,
+                    block_size=block,
                     packed_bytes=packed.nbytes + scale.nbytes + offset.nbytes,
                     float_bytes=table.nbytes,
                 )
@@ -203,6 +207,17 @@ class PackedTable:
     block_size: int
     packed_bytes: int
     float_bytes: int
+
+
+def block_for(hidden: int, block_size: int) -> int | None:
+    """The largest power of two from 16 to ``block_size`` that divides ``hidden`` (None: none does):
+    a narrow model (hidden 32) gets blocks of 32, never a failed build."""
+    block = block_size
+    while block >= 16:
+        if hidden % block == 0:
+            return block
+        block //= 2
+    return None
 
 
 def quantize_table(table: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

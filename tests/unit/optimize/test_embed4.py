@@ -13,7 +13,13 @@ from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
 from kiln.errors import BuildError
-from kiln.optimize.embed4 import QuantizeEmbedding4, dequantize_table, dequantized_tables, quantize_table
+from kiln.optimize.embed4 import (
+    QuantizeEmbedding4,
+    block_for,
+    dequantize_table,
+    dequantized_tables,
+    quantize_table,
+)
 
 ROWS, HIDDEN = 2048, 64
 
@@ -201,9 +207,24 @@ def test_small_tables_only_is_a_clear_error(tmp_path: Path) -> None:
     assert "word_embeddings" in dequantized_tables(dst)
 
 
-def test_block_not_dividing_hidden_is_an_error(tmp_path: Path) -> None:
+def test_block_follows_a_hidden_size_it_does_not_divide(tmp_path: Path) -> None:
+    """block_size is the most values per pair: hidden 96 with 64 gets blocks of 32, and hidden 32 (a
+    tiny test BERT) with the default 128 gets blocks of 32."""
     src = _model(tmp_path / "f.onnx", table=_table(hidden=96))
-    with pytest.raises(BuildError, match="block_size 64 does not divide the hidden size 96"):
+    dst = QuantizeEmbedding4(block_size=64).apply(src, tmp_path / "q.onnx")
+    ids = _ids((2, 4))
+    deq = dequantized_tables(dst)["word_embeddings"]
+    np.testing.assert_allclose(_run(dst, {"ids": ids})["emb"], deq[ids], atol=1e-6)
+    scale = next(t for t in onnx.load(str(dst)).graph.initializer if t.name.endswith("_kiln_emb4_scale"))
+    assert list(scale.dims) == [2048, 96 // 32]
+    assert block_for(32, 128) == 32 and block_for(384, 128) == 128 and block_for(96, 64) == 32
+
+
+def test_no_power_of_two_dividing_hidden_is_an_error(tmp_path: Path) -> None:
+    src = _model(tmp_path / "f.onnx", table=_table(hidden=40))
+    with pytest.raises(
+        BuildError, match="no power of two from 16 to block_size 64 divides the hidden size 40"
+    ):
         QuantizeEmbedding4(block_size=64).apply(src, tmp_path / "q.onnx")
 
 
@@ -267,7 +288,9 @@ def test_int8_dynamic_with_4bit_embeddings_packs_then_quantizes_the_rest(tmp_pat
     from kiln.optimize.recipes import QuantizeDynamic
 
     src = _model(tmp_path / "m.onnx")
-    dst = QuantizeDynamic(embeddings="int4", embedding_block_size=32).apply(src, tmp_path / "q.onnx")
+    # 7-bit weights, as the build quantizes on CPUs without VNNI: full-range U8S8 saturates on AVX2
+    recipe = QuantizeDynamic(embeddings="int4", embedding_block_size=32, reduce_range=True)
+    dst = recipe.apply(src, tmp_path / "q.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "q.onnx"]  # no scratch file left
     graph = onnx.load(str(dst)).graph
     ops = {n.op_type for n in graph.node}
