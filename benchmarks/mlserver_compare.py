@@ -20,7 +20,9 @@ closed loop; ``--client lean``, the default, sends pre-encoded HTTP/1.1 like wrk
 httpx, which takes more CPU from both servers) at concurrency 1 and 32, in ``--rounds`` alternating
 rounds (medians reported: on a shared machine the background load drifts, and neighbouring rounds see
 about the same). Prints throughput, the ratio (bar: kiln ≥ 2x MLServer at concurrency 32) and p50/p99
-latencies (bar: kiln's p99 no worse). Asserts nothing.
+latencies (bar: kiln's p99 no worse), and the ceiling: the bundle's raw batched ONNX Runtime throughput in
+process (no server of this bundle can pass it, so raw / MLServer is the best ratio any server could
+reach on this machine). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_throughput import drive, free_port, texts_pool  # noqa: E402
+from serve_throughput import drive, free_port, raw_ort, texts_pool  # noqa: E402
 
 from kiln.bundle.load import load_bundle  # noqa: E402
 from kiln.default_job import default_bundle_dir  # noqa: E402
@@ -247,6 +249,9 @@ def main() -> None:
         sys.exit(f"{bundle_dir} is not an embed bundle: this benchmark compares embedders")
     mlserver = ensure_mlserver(args.mlserver_venv or settings.home / "bench" / "mlserver-venv", console)
 
+    # the ceiling of any server of this bundle: batched ORT in this process, no HTTP
+    console.print(f"raw ONNX Runtime in process, batches of {settings.max_batch_size} ...")
+    _, raw_tput = raw_ort(bundle_dir, settings, args.seconds)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="kiln-mlserver-") as tmp:
         folder = Path(tmp)
@@ -322,6 +327,14 @@ def main() -> None:
         f"{kiln_cn[2] / ml_cn[2]:.2f}x",
         "no worse",
         "yes" if p99_ok else "[red]NO[/]",
+    )
+    table.add_row(
+        f"ceiling: raw ORT in process, batches of {settings.max_batch_size}",
+        f"{raw_tput:.0f} texts/s ({kiln_cn[0] / raw_tput:.2f}x of it)",
+        f"({ml_cn[0] / raw_tput:.2f}x of it)",
+        f"{raw_tput / ml_cn[0]:.2f}x",
+        "",
+        "",
     )
     table.add_row("concurrency 1", phase(kiln_c1), phase(ml_c1), f"{kiln_c1[0] / ml_c1[0]:.2f}x", "", "")
     table.add_row("cold start (spawn -> ready)", f"{kiln_cold:.2f} s", f"{ml_cold:.2f} s", "", "", "")
