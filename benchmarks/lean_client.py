@@ -95,6 +95,11 @@ async def drive_lean(
     finally:
         for _, writer in conns:
             writer.close()
+    return summary(latencies, texts_per_request, elapsed, errors)
+
+
+def summary(latencies: Sequence[float], texts_per_request: int, elapsed: float, errors: int) -> Phase:
+    """A closed-loop phase's texts/s, p50 and p99 (ms) and error count from its request latencies (s)."""
     lat = np.asarray(latencies) * 1000
     return (
         len(latencies) * texts_per_request / elapsed,

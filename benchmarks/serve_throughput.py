@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-from lean_client import drive_lean
+from lean_client import drive_lean, summary
 from rich.console import Console
 from rich.table import Table
 
@@ -172,13 +172,7 @@ async def drive(
     finally:
         for client in clients:
             await client.aclose()
-    lat = np.asarray(latencies) * 1000
-    return (
-        len(latencies) * per_request / elapsed,
-        float(np.percentile(lat, 50)),
-        float(np.percentile(lat, 99)),
-        errors,
-    )
+    return summary(latencies, per_request, elapsed, errors)
 
 
 def main() -> None:
