@@ -181,6 +181,18 @@ class Guard:
         if self.path is None:
             return False
         stamp = file_stamp(self.path)
+        if stamp is not None and stamp[1] == 0:
+            # an empty file is one being rewritten in place (an editor, `>`, a copy): reading it now
+            # would drop every key; the next check sees the finished file. To revoke every key,
+            # `kiln keys revoke` each: that writes a file that says so.
+            if self._failed != [stamp]:
+                log.warning(
+                    "API keys file %s is empty; the server keeps its %d keys until it holds keys again",
+                    self.path,
+                    len(self.store.keys),
+                )
+            self._failed = [stamp]
+            return False
         try:
             store = KeyStore.from_file(self.path)
         except KeysFileError as exc:

@@ -75,6 +75,31 @@ def test_a_broken_or_missing_file_keeps_the_keys_and_says_why_once(
     assert authenticate(guard, alice) == "alice"
 
 
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_an_empty_file_is_a_write_in_progress_not_zero_keys(
+    tmp_path: Path, suffix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rewriting the file in place empties it first (an empty TOML file is a valid one, with no keys):
+    a check at that moment must not drop every key."""
+    path = tmp_path / f"keys{suffix}"
+    alice, _ = add_key(path, "alice", iterations=1000)
+    guard = Guard.from_file(path)
+    path.write_text("")
+    with caplog.at_level(logging.WARNING, logger="kiln.serve"):
+        assert guard.reload_if_changed() is False
+        assert guard.reload_if_changed() is False  # said once
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "is empty; the server keeps its 1 keys" in warnings[0]
+    assert authenticate(guard, alice) == "alice"
+    other = tmp_path / f"other{suffix}"
+    bob, _ = add_key(other, "bob", iterations=1000)
+    path.write_text(other.read_text())
+    assert guard.reload_if_changed() is True  # the finished file is read
+    assert authenticate(guard, bob) == "bob"
+    with pytest.raises(AuthError):
+        authenticate(guard, alice)
+
+
 def test_a_guard_without_a_file_never_reloads() -> None:
     from kiln.serve.keys import KeyStore
 
