@@ -76,9 +76,9 @@ class Settings:
     ``KILN_THREADS``            intra-op threads for ONNX Runtime (0 = all cores)
     ``KILN_ORT_SPINNING``       ONNX Runtime's idle worker threads spin between operators (1, default)
                                 or sleep (0). Sleeping threads wake late: on 2 cores a one-text request
-                                took +2.1 to +3.2 ms over raw ORT with 0, +0.5 to +1.1 ms with 1, for
-                                about the same throughput at concurrency 32 (0.72-0.95x raw with 0,
-                                0.89-1.08x with 1; benchmarks/serve_throughput.py, lean client)
+                                took +2.1 to +3.2 ms over raw ORT with 0, +0.5 to +1.5 ms with 1, for
+                                no more throughput at concurrency 32 (benchmarks/serve_throughput.py,
+                                lean client; docs/serve-validation.md)
     ``KILN_MAX_BATCH_ITEMS``    most texts one request may carry
     ``KILN_MAX_REQUEST_BYTES``  largest request body the server accepts
     ``KILN_MAX_TEXT_CHARS``     longest single text accepted (characters; a longer one is refused)
