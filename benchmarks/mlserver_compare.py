@@ -44,6 +44,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lean_client import Phase  # noqa: E402
 from serve_throughput import drive, free_port, raw_ort, texts_pool  # noqa: E402
 
 from kiln.bundle.load import load_bundle  # noqa: E402
@@ -187,9 +188,6 @@ def embed_once(url: str, model: str, texts: list[str]) -> np.ndarray:
         out = r.json()["outputs"][0]
         rows.append(np.asarray(out["data"], dtype=np.float32).reshape(out["shape"]))
     return np.concatenate(rows)
-
-
-Phase = tuple[float, float, float, int]  # texts/s, p50 ms, p99 ms, non-200 answers
 
 
 def measure(

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-from lean_client import drive_lean, summary
+from lean_client import Phase, drive_lean, summary
 from rich.console import Console
 from rich.table import Table
 
@@ -123,7 +123,7 @@ async def drive(
     seconds: float,
     max_requests: int,
     client_kind: str = "lean",
-) -> tuple[float, float, float, int]:
+) -> Phase:
     """(texts/s, p50 ms, p99 ms, non-200 answers) with ``concurrency`` clients in a closed loop;
     ``client_kind``: ``lean`` (benchmarks/lean_client.py, little CPU) or ``httpx``."""
     pool = texts_pool(1024)
