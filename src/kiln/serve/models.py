@@ -35,11 +35,11 @@ CLASSIFIERS = frozenset({CLASSIFY, IMAGE_CLASSIFY})
 
 
 class UntruncatedCounter:
-    """Tokens per text *before* truncation (special tokens included), from the bundle's tokenizer file.
+    """Encodings *before* truncation (special tokens included), from the bundle's tokenizer file.
 
-    Served with ``text_overflow="reject"``, the batcher counts with this to refuse texts longer than the
-    model reads; the texts it accepts have no more than ``max_length`` tokens, so their counts are also
-    what the model sees.
+    Served with ``text_overflow="reject"``, the batcher counts tokens with these (through
+    :class:`ServedTokenizer`) to refuse texts longer than the model reads; the texts it accepts have no
+    more than ``max_length`` tokens, so their counts are also what the model sees.
     """
 
     def __init__(self, path: Path) -> None:
@@ -55,9 +55,6 @@ class UntruncatedCounter:
     def encodings(self, texts: Sequence[str]) -> list[Encoding]:
         """Each text's whole encoding (unpadded, special tokens included)."""
         return self._tok.encode_batch(list(texts))
-
-    def __call__(self, texts: Sequence[str]) -> list[int]:
-        return [len(e) for e in self.encodings(texts)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +225,7 @@ class ClassifyModel:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities ``[n, classes]`` (float32); column ``k`` is ``labels[k]``."""
-        return softmax(self.runner.embed(texts)).astype(np.float32)
+        return _probabilities(self.runner.embed(texts))
 
     def classify(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
         scores = self.embed(texts)
@@ -244,7 +241,12 @@ class ClassifyModel:
 
     def embed_tokenized(self, items: Sequence[TokenizedText]) -> np.ndarray:
         """``embed`` of the texts ``tokenize`` made ``items`` of, without encoding them again."""
-        return softmax(self.runner.embed_encodings(self.tokens.model_encodings(items))).astype(np.float32)
+        return _probabilities(self.runner.embed_encodings(self.tokens.model_encodings(items)))
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """A classifier's logits as float32 class probabilities."""
+    return softmax(logits).astype(np.float32)
 
 
 def top_labels(labels: Sequence[str], scores: np.ndarray) -> list[str]:
@@ -317,7 +319,7 @@ class ImageClassifyModel:
     def embed(self, rows: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities ``[n, classes]`` (float32) of preprocessed rows; column ``k`` is
         ``labels[k]``."""
-        return softmax(self.logits(np.stack(list(rows)))).astype(np.float32)
+        return _probabilities(self.logits(np.stack(list(rows))))
 
 
 def image_classify_config(bundle: Bundle) -> ImageClassifyConfig:
