@@ -221,6 +221,41 @@ def test_cnn_static_int8(recipe: QuantizeStatic, tmp_path: Path) -> None:
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+def test_graph_outputs_stay_float(tmp_path: Path) -> None:
+    """ORT rounds the graph's output to 8 bits; the recipe takes that pair out again: the head's Gemm
+    writes the output itself, the integer head still runs, and the logits are closer to fp32."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from kiln.optimize.quant_static import unquantize_graph_outputs
+
+    src = tiny_cnn()
+    reader = CalibrationReader.for_model(src, cnn_feeds(4, seed=1))
+    dst = QuantizeStatic(calibration_method="MinMax").apply(src, tmp_path / "q.onnx", reader)
+    graph = onnx.load(str(dst)).graph
+    out = graph.output[0].name
+    (head,) = [n for n in graph.node if out in n.output]
+    assert head.op_type == "Gemm"
+    assert unquantize_graph_outputs(dst) == 0  # nothing left to take out
+
+    rounded = tmp_path / "rounded.onnx"  # what ORT alone writes
+    reader.rewind()
+    quantize_static(
+        str(src), str(rounded), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )  # fmt: skip
+    (last,) = [n for n in onnx.load(str(rounded)).graph.node if out in n.output]
+    assert last.op_type == "DequantizeLinear"
+    feeds = cnn_feeds(4, seed=2)
+    ref = outputs(src, feeds)
+    err_float_out = np.abs(outputs(dst, feeds) - ref).mean()
+    err_rounded = np.abs(outputs(rounded, feeds) - ref).mean()
+    assert err_float_out < err_rounded
+    assert unquantize_graph_outputs(rounded) == 1
+    assert np.abs(outputs(rounded, feeds) - ref).mean() < err_rounded  # ORT runs the mended graph
+
+
 def test_the_reader_is_reusable_across_recipes(tmp_path: Path) -> None:
     src = tiny_cnn()
     reader = CalibrationReader.for_model(src, cnn_feeds(2, seed=1))
