@@ -22,6 +22,14 @@ OrtFusion = Literal[
 ]
 
 
+# Always off: ORT's WeightBiasQuantization (1.20+) rounds the float weights of any Conv/Gemm that reads
+# a DequantizeLinear to per-tensor INT8 at load time, i.e. it quantizes again exactly the nodes that
+# accuracy control returned to float, and per-tensor where the recipe was per-channel. Measured on
+# EfficientNet-Lite0 with its first depthwise convolution kept float: that conv's output off by 1.6 (of
+# +-100) and top-1 agreement with fp32 0.35 instead of 0.79 (benchmarks/image_classify.py's views).
+ALWAYS_DISABLED: tuple[str, ...] = ("WeightBiasQuantization",)
+
+
 class SessionSettings(BaseModel):
     """ONNX Runtime settings a bundle's model was measured with (recorded in its manifest).
 
@@ -62,7 +70,7 @@ class OnnxBackend:
                 str(self.path),
                 session_options(threads, spinning),
                 providers=["CPUExecutionProvider"],
-                disabled_optimizers=list(self.settings.disabled_optimizers) or None,
+                disabled_optimizers=[*ALWAYS_DISABLED, *self.settings.disabled_optimizers],
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise BundleError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
