@@ -12,16 +12,22 @@ gRPC calls get the same line (``kiln.serve.grpc.calls``): ``method`` ``"GRPC"``,
 name, ``status`` the HTTP status REST would answer for the same outcome, plus ``grpc_code``.
 
 Request ids: a client's ``X-Request-ID`` is kept when it is 1-128 printable ASCII characters without spaces,
-else the server makes one (32 hex digits); either way the response carries it in ``X-Request-ID``.
+else the server makes one (32 hex digits: a random per-process prefix and a counter, unique without
+asking the OS for randomness per request); either way the response carries it in ``X-Request-ID``.
+
+The HTTP middleware logs an :class:`AccessLine`, which becomes its JSON text only when a handler formats
+it: with ``kiln serve``'s own logging that happens on a writer thread (``kiln.serve.server``), so the
+event loop neither formats nor writes access lines.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -41,13 +47,15 @@ KEY_ID_KEY = "kiln_key_id"
 _VALID_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 access_log = logging.getLogger(ACCESS_LOGGER)
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
 def request_id(header: str | None) -> str:
-    """The client's request id if it is acceptable, else a fresh one."""
+    """The client's request id if it is acceptable, else a fresh one (32 hex digits)."""
     if header is not None and _VALID_ID.match(header):
         return header
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def access_line(
@@ -77,6 +85,20 @@ def access_line(
         **(extra or {}),
     }
     return json.dumps(record, separators=(",", ":"))
+
+
+class AccessLine:
+    """An access-log line whose JSON text (:func:`access_line`) is made when a handler formats the record
+    (``str()``), not when the request ends; the time is taken when it is made."""
+
+    __slots__ = ("fields", "at")
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        self.at = time.time()
+
+    def __str__(self) -> str:
+        return access_line(at=self.at, **self.fields)
 
 
 def template_of(scope: Scope, routes: Sequence[BaseRoute]) -> str:
@@ -129,7 +151,7 @@ class AccessLogMiddleware:
         finally:
             if self.enabled:
                 access_log.info(
-                    access_line(
+                    AccessLine(
                         request_id=rid,
                         method=str(scope.get("method", "")),
                         route=template_of(scope, self.routes),

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import logging.handlers
+import queue
 import signal
 import socket
 import ssl
@@ -39,7 +41,22 @@ STARTUP_FAILURE = 3  # uvicorn's exit status when it cannot start
 GRACEFUL_SHUTDOWN_S = 10
 
 
-def _configure_logging() -> None:
+_access_listener: logging.handlers.QueueListener | None = None
+
+
+class _Handoff(logging.handlers.QueueHandler):
+    """Queues access records as they are: formatting and writing happen on the listener's thread (the
+    records' messages are :class:`~kiln.serve.access_log.AccessLine` values, safe to format later)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+def _configure_logging() -> logging.handlers.QueueListener | None:
+    """kiln's own log handlers when the process has none: ``kiln.serve`` on stderr, the JSON access
+    lines alone on stdout, written by a listener thread (returned: stop it to flush). Measured at
+    concurrency 32 (py-spy): formatting and writing access lines took 8% of the event loop's thread."""
+    global _access_listener
     if not log.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
@@ -47,10 +64,15 @@ def _configure_logging() -> None:
         access = logging.getLogger(ACCESS_LOGGER)  # JSON lines, alone on stdout
         access_handler = logging.StreamHandler(sys.stdout)
         access_handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(access_handler)
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        _access_listener = logging.handlers.QueueListener(records, access_handler)
+        access.addHandler(_Handoff(records))
         access.propagate = False
     log.setLevel(logging.INFO)
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+    if _access_listener is not None and _access_listener._thread is None:  # noqa: SLF001 (a stopped one)
+        _access_listener.start()
+    return _access_listener
 
 
 def base_url(host: str, port: int, scheme: str = "http") -> str:
@@ -182,7 +204,25 @@ def run_server(
     ``settings``: default ``Settings.from_env()``. ``api_keys``: the API keys file (overrides
     ``KILN_API_KEYS``); ``ssl_certfile`` / ``ssl_keyfile``: serve HTTPS (and gRPC over TLS).
     """
-    _configure_logging()
+    listener = _configure_logging()
+    try:
+        _serve(bundle_dir, host, port, grpc_port, canaries, settings, api_keys, ssl_certfile, ssl_keyfile)
+    finally:
+        if listener is not None:  # every access line written before this returns (started again if
+            listener.stop()  # the process serves once more)
+
+
+def _serve(
+    bundle_dir: Path | Sequence[Path],
+    host: str,
+    port: int,
+    grpc_port: int | None,
+    canaries: Sequence[CanarySpec],
+    settings: Settings | None,
+    api_keys: Path | None,
+    ssl_certfile: Path | None,
+    ssl_keyfile: Path | None,
+) -> None:
     settings = settings or Settings.from_env()
     if api_keys is not None:
         settings = dataclasses.replace(settings, api_keys=Path(api_keys))
