@@ -105,6 +105,17 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise RuntimeError(f"kiln serve was not ready after {timeout:.0f}s")
 
 
+def batch_counts(url: str) -> tuple[float, float]:
+    """(model calls, texts in them) so far, summed over models, from the server's ``kiln_batch_size``."""
+    calls = texts = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("kiln_batch_size_count"):
+            calls += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("kiln_batch_size_sum"):
+            texts += float(line.rsplit(" ", 1)[1])
+    return calls, texts
+
+
 def infer_body(texts: list[str]) -> dict[str, object]:
     return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
 
@@ -217,9 +228,11 @@ def main() -> None:
         console.print(f"kiln serve ready in {cold:.2f} s; driving it at concurrency 1 ...")
         c1 = asyncio.run(drive(url, model, 1, 1, args.seconds, args.max_requests, args.client))
         console.print(f"... and at concurrency {args.concurrency} ({per} text(s) per request) ...")
+        before = batch_counts(url)
         cn = asyncio.run(
             drive(url, model, args.concurrency, per, args.seconds, args.max_requests, args.client)
         )
+        after = batch_counts(url)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -251,6 +264,12 @@ def main() -> None:
     )
     row("cold start (spawn → ready)", f"{cold:.2f} s", "", "", "≤ 3 s", cold <= 3.0)
     console.print(table)
+    calls, texts = after[0] - before[0], after[1] - before[1]
+    if calls > 0:
+        console.print(
+            f"at concurrency {args.concurrency} the server ran {calls:.0f} model calls of "
+            f"{texts / calls:.1f} texts on average (kiln_batch_size)"
+        )
     if c1[3] or cn[3]:
         console.print(f"[red]non-200 answers: {c1[3]} at concurrency 1, {cn[3]} at {args.concurrency}[/]")
     console.print(
