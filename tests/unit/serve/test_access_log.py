@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from kiln.serve.access_log import access_line, request_id
+from kiln.serve.access_log import AccessLine, access_line, request_id
 
 
 def test_a_client_request_id_is_kept_when_sane() -> None:
@@ -49,3 +49,21 @@ def test_access_line_without_model_or_key() -> None:
         )
     )
     assert doc["model"] is None and doc["key_id"] is None and doc["status"] == 401
+
+
+def test_fresh_request_ids_are_distinct_and_32_hex_digits() -> None:
+    ids = {request_id(None) for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_an_access_line_is_made_when_formatted_with_the_time_it_was_logged() -> None:
+    import logging
+
+    line = AccessLine(
+        request_id="r1", method="POST", route="/v2/x", model="m", status=200, latency_ms=1.23456, key_id=None
+    )
+    record = logging.LogRecord("kiln.access", logging.INFO, __file__, 1, line, None, None)
+    first = json.loads(record.getMessage())
+    assert first["request_id"] == "r1" and first["latency_ms"] == 1.235 and first["key_id"] is None
+    assert json.loads(str(line))["time"] == first["time"]  # formatted later: same time
