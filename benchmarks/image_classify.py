@@ -15,7 +15,9 @@ Percentile (99.999), each with and without reduce_range (7-bit weights, kiln's d
 VNNI). The one with the best top-1 agreement on the ranking views is chosen; if it is under 99% there,
 accuracy control ranks the nodes by what each costs the model's output (``rank_sensitivity(scope=
 "output")``) and returns them to float one at a time, as long as the file stays >= 3.5x smaller, until
-the ranking views pass; the best attempt is kept (said in the output). The chosen graph is also scored
+the ranking views pass; the best attempt is kept (said in the output). Then QDQ refinement
+(``kiln.optimize.qdq_refine``) trains the chosen graph's integers toward fp32's logits on the calibration
+views, kept if the ranking views agree at least as well. The chosen graph is also scored
 with ORT's graph optimizations off (QDQ run in float): the gap is the integer kernels' own error on this
 CPU (AVX2 without VNNI saturates).
 """
@@ -35,6 +37,7 @@ from kiln.bench.latency import interleaved_latency
 from kiln.bench.quality_classify import top1_agreement
 from kiln.optimize.calibration import CalibrationReader
 from kiln.optimize.cpu import cpu_info
+from kiln.optimize.qdq_refine import refine_qdq
 from kiln.optimize.quant_static import QuantizeStatic
 from kiln.optimize.sensitivity import exclude_until_passes, rank_sensitivity
 from kiln.runtime.image_preprocess import ImagePreprocessor
@@ -111,6 +114,12 @@ def main() -> None:
         help="calibration methods (Entropy needs ~8 GB here and gave MinMax's ranges on this model)",
     )
     ap.add_argument("--max-float-nodes", type=int, default=8, help="accuracy control: at most this many")
+    ap.add_argument(
+        "--refine-steps",
+        type=int,
+        default=128,
+        help="QDQ refinement of the chosen graph (kiln.optimize.qdq_refine) on the calibration views; 0: off",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="copy the fp32 and chosen int8 graphs here")
     args = ap.parse_args()
@@ -211,6 +220,31 @@ def main() -> None:
                 f"first: {[n.node for n in ranking_nodes[:6]]}"
             )
             rank_agr, chosen, name = best
+
+        if args.refine_steps > 0:
+            # distil the chosen graph's integers toward fp32's logits on the calibration views (their
+            # mirror images too); kept if the ranking views agree at least as well as before
+            refined = work / "int8-refined.onnx"
+            report = refine_qdq(
+                fp32,
+                chosen,
+                refined,
+                reader.feeds,
+                steps=args.refine_steps,
+                threads=args.threads,
+                flip_axis=3,
+            )
+            runner = OnnxImageClassifier(OnnxBackend(refined, args.threads), pre)
+            agr = top1_agreement(ref_rank, runner.embed(split.ranking))
+            print(
+                f"QDQ refinement, {report.steps} steps ({report.seconds:.0f} s): calibration loss "
+                f"{report.loss_before:.4f} -> {report.loss_after:.4f}, {report.changed_weights} of "
+                f"{report.total_weights} weights moved; ranking agreement {rank_agr:.4f} -> {agr:.4f} "
+                f"({'kept' if agr >= rank_agr else 'dropped'})",
+                flush=True,
+            )
+            if agr >= rank_agr:
+                rank_agr, chosen, name = agr, refined, f"{name} + refined"
 
         int8 = OnnxImageClassifier(OnnxBackend(chosen, args.threads), pre)
         int8_held = int8.embed(held.texts)
