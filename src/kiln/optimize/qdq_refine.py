@@ -67,23 +67,81 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _axis_shape(ndim: int, axis: int, length: int) -> tuple[int, ...]:
-    shape = [1] * ndim
-    shape[axis] = length
-    return tuple(shape)
-
-
-class _RoundSTE:
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round to nearest even, gradient passed straight through."""
+    return x + (x.round() - x).detach()
 
-    @staticmethod
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        return x + (x.round() - x).detach()
+
+def _qparams(
+    inits: Mapping[str, np.ndarray], node: onnx.NodeProto, ndim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A Q/DQ node's scale and zero point (float64), shaped to broadcast along its axis when per-channel."""
+    scale = inits[node.input[1]].astype(np.float64)
+    zp = inits[node.input[2]].astype(np.float64) if len(node.input) > 2 else np.zeros(1)
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * ndim
+        shape[int(_attrs(node).get("axis", 1)) % ndim] = scale.size
+        return scale.reshape(shape), zp.reshape(shape)
+    return scale.reshape(()), zp.reshape(())
+
+
+@dataclass
+class _Weight:
+    """A constant ``DequantizeLinear``: the initializer it reads and the trainable value behind it.
+    8-bit weights are trained in units of their own step (the integers, as floats), so one learning
+    rate fits layers whose scales differ by orders of magnitude; int32 biases (step scale_in * scale_w,
+    far below their own size) are trained as floats and rounded only when written back."""
+
+    init: str
+    dtype: np.dtype[Any]
+    scale: np.ndarray
+    zero: np.ndarray
+    value: torch.Tensor
+    step: torch.Tensor  # scale and zero point as float32 tensors, for the fake quantizer
+    offset: torch.Tensor
+
+    @classmethod
+    def of(cls, init: str, q: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> _Weight:
+        import torch
+
+        w = q.astype(np.float64) if q.dtype in _INT_RANGE else (q.astype(np.float64) - zero) * scale
+        return cls(
+            init=init,
+            dtype=q.dtype,
+            scale=scale,
+            zero=zero,
+            value=torch.tensor(w, dtype=torch.float32, requires_grad=True),
+            step=torch.from_numpy(scale.astype(np.float32)),
+            offset=torch.from_numpy(zero.astype(np.float32)),
+        )
+
+    @property
+    def eight_bit(self) -> bool:
+        return self.dtype in _INT_RANGE
+
+    def fake(self) -> torch.Tensor:
+        """What the graph's ``DequantizeLinear`` yields for the current value."""
+        import torch
+
+        if not self.eight_bit:  # int32 biases: rounding to scale_in * scale_w is negligible
+            return self.value
+        lo, hi = _INT_RANGE[self.dtype]
+        return (torch.clamp(_round_ste(self.value), lo, hi) - self.offset) * self.step
+
+    def integers(self) -> np.ndarray:
+        """The initializer's integers for the current value."""
+        values = self.value.detach().double().numpy()
+        if self.eight_bit:
+            lo, hi = _INT_RANGE[self.dtype]
+            return np.clip(np.round(values), lo, hi).astype(self.dtype)
+        info = np.iinfo(self.dtype)
+        return np.clip(np.round(values / self.scale + self.zero), info.min, info.max).astype(self.dtype)
 
 
 class QdqModule:
     """A QDQ ONNX graph as a differentiable PyTorch computation (float arithmetic, as ORT's reference
-    kernels compute QDQ). ``params`` are the float weights behind each constant ``DequantizeLinear``."""
+    kernels compute QDQ). ``params`` are the float weights behind each constant ``DequantizeLinear``.
+    Each node's attributes and quantizer constants are read once, here, not on every pass."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         import torch
@@ -93,76 +151,49 @@ class QdqModule:
         unsupported = sorted({n.op_type for n in graph.node} - SUPPORTED)
         if unsupported:
             raise BuildError(f"QDQ refinement cannot rebuild the operators {unsupported}")
-        self.model = model
         self.inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.nodes = list(graph.node)
+        self.attrs = [_attrs(n) for n in self.nodes]
         self.outputs = [o.name for o in graph.output]
-        self.consts: dict[str, torch.Tensor] = {}
-        # constant DequantizeLinear nodes: output name -> (initializer name, trainable float weight)
-        self.weights: dict[str, tuple[str, torch.Tensor]] = {}
+        # shapes, axes, float biases (Q/DQ read their scales and zero points below)
+        self.consts = {name: torch.from_numpy(np.array(arr)) for name, arr in self.inits.items()}
+        self.weights: dict[str, _Weight] = {}  # by the constant DequantizeLinear's output name
+        # activation QuantizeLinear: (scale, zero point, lo, hi); activation DequantizeLinear: (scale, zp)
+        self.quantizers: dict[str, tuple[float, float, int, int]] = {}
+        self.dequantizers: dict[str, tuple[float, float]] = {}
         for node in self.nodes:
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+                continue
             if node.op_type == "DequantizeLinear" and node.input[0] in self.inits:
                 q = self.inits[node.input[0]]
-                scale, zp, _ = self._qparams(node, q.ndim)
-                # 8-bit weights are trained in units of their own step (the integers, as floats), so
-                # one learning rate fits layers whose scales differ by orders of magnitude; int32
-                # biases (step scale_in * scale_w, far below their own size) are trained as floats
-                w = q.astype(np.float64) if q.dtype in _INT_RANGE else (q.astype(np.float64) - zp) * scale
-                self.weights[node.output[0]] = (
-                    node.input[0],
-                    torch.tensor(w, dtype=torch.float32, requires_grad=True),
+                scale, zero = _qparams(self.inits, node, q.ndim)
+                self.weights[node.output[0]] = _Weight.of(node.input[0], q, scale, zero)
+                continue
+            scale, zero = _qparams(self.inits, node, 1)
+            if scale.size != 1:
+                raise BuildError(
+                    f"QDQ refinement: per-channel activation quantizer {node.name!r} is not rebuilt"
                 )
-        for name, arr in self.inits.items():  # shapes, axes, float biases; Q/DQ read theirs from inits
-            self.consts[name] = torch.from_numpy(np.array(arr))
+            if node.op_type == "QuantizeLinear":
+                dtype = self.inits[node.input[2]].dtype if len(node.input) > 2 else np.dtype(np.uint8)
+                lo, hi = _INT_RANGE[dtype]
+                self.quantizers[node.output[0]] = (float(scale), float(zero), lo, hi)
+            else:
+                self.dequantizers[node.output[0]] = (float(scale), float(zero))
 
     @property
     def params(self) -> list[torch.Tensor]:
-        return [w for _, w in self.weights.values()]
+        return [w.value for w in self.weights.values()]
 
     def param_groups(self, lr_steps: float, lr_bias: float) -> list[dict[str, Any]]:
         """8-bit weights (in units of their step) at ``lr_steps``, float biases at ``lr_bias``."""
-        ints = [w for init, w in self.weights.values() if self.inits[init].dtype in _INT_RANGE]
-        floats = [w for init, w in self.weights.values() if self.inits[init].dtype not in _INT_RANGE]
+        ints = [w.value for w in self.weights.values() if w.eight_bit]
+        floats = [w.value for w in self.weights.values() if not w.eight_bit]
         return [{"params": ints, "lr": lr_steps}, {"params": floats, "lr": lr_bias}]
-
-    def _qparams(self, node: onnx.NodeProto, ndim: int) -> tuple[np.ndarray, np.ndarray, int]:
-        scale = self.inits[node.input[1]].astype(np.float64)
-        zp = self.inits[node.input[2]].astype(np.float64) if len(node.input) > 2 else np.zeros(1)
-        axis = int(_attrs(node).get("axis", 1))
-        if scale.ndim == 1 and scale.size > 1:
-            axis = axis % ndim
-            shape = _axis_shape(ndim, axis, scale.size)
-            return scale.reshape(shape), zp.reshape(shape), axis
-        return scale.reshape(()), zp.reshape(()), axis
-
-    def _fake_weight(self, node: onnx.NodeProto, w: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        q = self.inits[node.input[0]]
-        if q.dtype not in _INT_RANGE:  # int32 biases: rounding to scale_in * scale_w is negligible
-            return w
-        scale, zp, _ = self._qparams(node, q.ndim)
-        lo, hi = _INT_RANGE[q.dtype]
-        s = torch.from_numpy(scale.astype(np.float32))
-        z = torch.from_numpy(zp.astype(np.float32))
-        return (torch.clamp(_RoundSTE.apply(w), lo, hi) - z) * s
 
     def integer_weights(self) -> dict[str, np.ndarray]:
         """Each weight initializer's integers for the current float weights."""
-        out: dict[str, np.ndarray] = {}
-        nodes = {n.output[0]: n for n in self.nodes if n.output and n.output[0] in self.weights}
-        for key, (init, w) in self.weights.items():
-            node = nodes[key]
-            q = self.inits[init]
-            values = w.detach().double().numpy()
-            if q.dtype in _INT_RANGE:
-                lo, hi = _INT_RANGE[q.dtype]
-                out[init] = np.clip(np.round(values), lo, hi).astype(q.dtype)
-            else:
-                scale, zp, _ = self._qparams(node, q.ndim)
-                info = np.iinfo(q.dtype)
-                out[init] = np.clip(np.round(values / scale + zp), info.min, info.max).astype(q.dtype)
-        return out
+        return {w.init: w.integers() for w in self.weights.values()}
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         import torch
@@ -170,23 +201,20 @@ class QdqModule:
 
         env: dict[str, torch.Tensor] = dict(self.consts)
         env.update(feeds)
-        for node in self.nodes:
+        for node, a in zip(self.nodes, self.attrs, strict=True):
             op = node.op_type
-            a = _attrs(node)
-            if op == "DequantizeLinear" and node.output[0] in self.weights:
-                env[node.output[0]] = self._fake_weight(node, self.weights[node.output[0]][1])
+            out = node.output[0]
+            if out in self.weights:
+                env[out] = self.weights[out].fake()
                 continue
             wanted = node.input[:1] if op in ("QuantizeLinear", "DequantizeLinear") else node.input
             x: list[Any] = [env[name] if name else None for name in wanted]
             if op == "QuantizeLinear":
-                scale, zp, _ = self._qparams(node, x[0].ndim)
-                dtype = self.inits[node.input[2]].dtype if len(node.input) > 2 else np.dtype(np.uint8)
-                lo, hi = _INT_RANGE[dtype]
-                s, z = float(scale), float(zp)
-                y = torch.clamp(_RoundSTE.apply(x[0] / s) + z, lo, hi)
+                s, z, lo, hi = self.quantizers[out]
+                y = torch.clamp(_round_ste(x[0] / s) + z, lo, hi)
             elif op == "DequantizeLinear":
-                scale, zp, _ = self._qparams(node, x[0].ndim)
-                y = (x[0] - float(zp)) * float(scale)
+                s, z = self.dequantizers[out]
+                y = (x[0] - z) * s
             elif op == "Conv":
                 y = self._conv(x, a)
             elif op == "Gemm":
@@ -230,7 +258,7 @@ class QdqModule:
                 y = torch.cat([t for t in x if t is not None], dim=int(a["axis"]))
             else:  # Identity
                 y = x[0]
-            env[node.output[0]] = y
+            env[out] = y
         return [env[name] for name in self.outputs]
 
     @staticmethod
