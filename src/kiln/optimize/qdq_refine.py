@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kiln.errors import BuildError
+from kiln.runtime.onnx_backend import OnnxBackend
 
 if TYPE_CHECKING:
     import onnx
@@ -288,15 +289,6 @@ class QdqModule:
         )
 
 
-def _reference_outputs(reference: Path, feeds: Sequence[Feed], threads: int) -> list[list[np.ndarray]]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(reference), opts, providers=["CPUExecutionProvider"])
-    return [sess.run(None, dict(f)) for f in feeds]
-
-
 def refine_qdq(
     reference: Path,
     quantized: Path,
@@ -326,7 +318,8 @@ def refine_qdq(
     batches: list[Feed] = list(feeds)
     if flip_axis is not None:
         batches += [{k: np.ascontiguousarray(np.flip(v, flip_axis)) for k, v in f.items()} for f in feeds]
-    targets = _reference_outputs(reference, batches, threads)
+    backend = OnnxBackend(reference, threads)
+    targets = [backend.run(f) for f in batches]
     model = onnx.load(str(quantized))
     net = QdqModule(model)
     tensors = [{k: torch.from_numpy(v) for k, v in f.items()} for f in batches]
