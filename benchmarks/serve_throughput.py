@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 from lean_client import Phase, drive_lean, summary
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -107,13 +108,12 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
 
 def batch_counts(url: str) -> tuple[float, float]:
     """(model calls, texts in them) so far, summed over models, from the server's ``kiln_batch_size``."""
-    calls = texts = 0.0
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line.startswith("kiln_batch_size_count"):
-            calls += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("kiln_batch_size_sum"):
-            texts += float(line.rsplit(" ", 1)[1])
-    return calls, texts
+    totals = {"kiln_batch_size_count": 0.0, "kiln_batch_size_sum": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals["kiln_batch_size_count"], totals["kiln_batch_size_sum"]
 
 
 def infer_body(texts: list[str]) -> dict[str, object]:
