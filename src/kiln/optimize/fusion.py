@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -32,6 +31,7 @@ from onnx import helper, numpy_helper
 from pydantic import BaseModel, ConfigDict, Field
 
 from kiln.errors import BuildError
+from kiln.optimize.graph_index import GraphIndex
 
 MS_DOMAIN = "com.microsoft"
 MASK_INPUT = "attention_mask"
@@ -90,41 +90,6 @@ def _ort_bert_fusions(model: onnx.ModelProto, num_heads: int, hidden: int) -> on
     return optimized.model
 
 
-class _Graph:
-    """Producer/consumer indexes over one graph, plus its constant tensors."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in graph.node:
-            for out in node.output:
-                self.producer[out] = node
-            for name in node.input:
-                self.consumers[name].append(node)
-        self.initializers = {t.name: t for t in graph.initializer}
-
-    def const(self, name: str) -> np.ndarray | None:
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
-        return None
-
-    def node(self, name: str, op_type: str) -> onnx.NodeProto | None:
-        node = self.producer.get(name)
-        return node if node is not None and node.op_type == op_type else None
-
-    def only_consumer(self, name: str, op_type: str) -> onnx.NodeProto | None:
-        users = self.consumers.get(name, [])
-        if len(users) != 1 or users[0].op_type != op_type:
-            return None
-        return users[0]
-
-
 def _perm(node: onnx.NodeProto) -> list[int]:
     for attr in node.attribute:
         if attr.name == "perm":
@@ -133,7 +98,7 @@ def _perm(node: onnx.NodeProto) -> list[int]:
 
 
 def _projection(
-    g: _Graph, name: str, perm: list[int]
+    g: GraphIndex, name: str, perm: list[int]
 ) -> tuple[str, np.ndarray, np.ndarray, list[onnx.NodeProto]] | None:
     """``Transpose(perm)(Reshape(Add(MatMul(h, W), b)))`` → (h, W, b, its nodes)."""
     transpose = g.node(name, "Transpose")
@@ -161,7 +126,7 @@ def fuse_attention(model: onnx.ModelProto, head: int) -> int:
     """Replace every recognised self-attention block of ``head``-wide heads in ``model`` (in place);
     returns how many. A block's head count is its projection width over ``head``, so layers whose
     heads were pruned fuse too."""
-    g = _Graph(model.graph)
+    g = GraphIndex(model.graph)
     if MASK_INPUT not in {i.name for i in model.graph.input}:
         return 0
     mask_name = f"{MASK_INPUT}_int32"
@@ -215,7 +180,7 @@ def fuse_attention(model: onnx.ModelProto, head: int) -> int:
 
 
 def _match_block(
-    g: _Graph, softmax: onnx.NodeProto, head: int
+    g: GraphIndex, softmax: onnx.NodeProto, head: int
 ) -> tuple[str, np.ndarray, np.ndarray, float, list[onnx.NodeProto], str] | None:
     """One block around ``softmax``: (input, packed W, packed b, scale, its nodes, its output)."""
     add = g.node(softmax.input[0], "Add")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kiln.errors import BuildError
 from kiln.optimize.cpu import CpuInfo
+from kiln.optimize.graph_index import GraphIndex
 
 if TYPE_CHECKING:
     from onnxruntime.quantization import CalibrationDataReader
@@ -116,24 +117,19 @@ def unquantize_graph_outputs(path: Path) -> int:
 
     model = onnx.load(str(path))
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    inputs = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    index = GraphIndex(graph)
     dropped = 0
     for out in graph.output:
-        dq = producer.get(out.name)
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inputs:
+        dq = index.node(out.name, "DequantizeLinear")
+        q = index.node(dq.input[0], "QuantizeLinear") if dq is not None else None
+        if q is None or q.input[0] not in index.producer:  # not a pair, or it rounds a graph input
             continue
-        if len(consumers.get(q.output[0], [])) != 1 or q.input[0] not in producer:
+        if len(index.consumers.get(q.output[0], [])) != 1:
             continue  # the rounded tensor feeds more than the output: leave the graph as it is
         source = q.input[0]
-        for node in consumers.get(source, []):  # other readers of the float tensor read the output
+        for node in index.consumers.get(source, []):  # other readers of the float tensor read the output
             node.input[:] = [out.name if name == source else name for name in node.input]
-        src_node = producer[source]
+        src_node = index.producer[source]
         src_node.output[:] = [out.name if name == source else name for name in src_node.output]
         graph.node.remove(q)
         graph.node.remove(dq)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 import numpy as np
 
 from kiln.errors import BuildError
+from kiln.optimize.graph_index import GraphIndex
 from kiln.optimize.quant_static import QuantizeStatic
 
 if TYPE_CHECKING:
@@ -113,10 +114,6 @@ def _folded_activation(
         return None
     producer = q_producers.get(after[0].output[0])
     return after[0] if producer is not None and producer.op_type == node.op_type else None
-
-
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output if out}
 
 
 def _cut_out(
@@ -305,14 +302,11 @@ def rank_sensitivity(
     quant = onnx.load(str(quantized_path))
     known = {i.name for i in fp32.graph.input} | {o for n in fp32.graph.node for o in n.output if o}
     fp32_nodes = {n.output[0]: n for n in fp32.graph.node if n.op_type in op_types and n.output}
-    q_producers = _producers(quant.graph)
+    q_producers = GraphIndex(quant.graph).producer
     fp32_inits = {t.name: t for t in fp32.graph.initializer}
     quant_inits = {t.name: t for t in quant.graph.initializer}
 
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in fp32.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = GraphIndex(fp32.graph).consumers
 
     cuts: dict[str, _Cut] = {}
     untouched: list[onnx.NodeProto] = []
