@@ -23,8 +23,8 @@ def test_producers_consumers_and_constants() -> None:
         [numpy_helper.from_array(np.float32(6.0), "hi")],
     )
     g = GraphIndex(graph)
-    assert g.node("y", "Mul") is nodes[1] and g.node("y", "Relu") is None
+    assert g.node("y", "Mul") is graph.node[1] and g.node("y", "Relu") is None
     assert [n.op_type for n in g.consumers["y"]] == ["Clip", "Relu"]
-    assert g.only_consumer("z", "Relu") is None and g.only_consumer("k", "Mul") is nodes[1]
+    assert g.only_consumer("z", "Relu") is None and g.only_consumer("k", "Mul") is graph.node[1]
     assert "" not in g.consumers and "" not in g.producer
     assert g.const("k") == np.float32([2.0]) and g.const("hi") == np.float32(6.0) and g.const("x") is None
