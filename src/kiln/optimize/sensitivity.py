@@ -359,10 +359,10 @@ def _node_errors(
     opts: Any,
 ) -> dict[str, float]:
     """Scope ``"node"``: each cut-out alone on the float graph's own inputs to it."""
-    import onnxruntime as ort
+    from kiln.runtime.onnx_backend import cpu_session
 
     wanted = sorted({out for out in cuts} | {b for c in cuts.values() for b in c.boundary})
-    ref = ort.InferenceSession(_with_outputs(fp32, wanted), opts, providers=["CPUExecutionProvider"])
+    ref = cpu_session(_with_outputs(fp32, wanted), opts)
     input_names = [i.name for i in ref.get_inputs()]
     captured: list[dict[str, np.ndarray]] = []
     for feed in feeds:
@@ -373,11 +373,7 @@ def _node_errors(
     errors: dict[str, float] = {}
     for out, c in cuts.items():
         try:
-            sess = ort.InferenceSession(
-                _submodel(quant, c.nodes, c.boundary, out, types, weights),
-                opts,
-                providers=["CPUExecutionProvider"],
-            )
+            sess = cpu_session(_submodel(quant, c.nodes, c.boundary, out, types, weights), opts)
         except Exception:  # a cut-out ORT cannot build (e.g. a fused contrib op): not ranked
             continue
         rel = _rel_error((sess.run([out], {b: v[b] for b in c.boundary})[0], v[out]) for v in captured)
@@ -394,17 +390,17 @@ def _output_errors(
     opts: Any,
 ) -> dict[str, float]:
     """Scope ``"output"``: each cut-out spliced into the float graph, the model's first output compared."""
-    import onnxruntime as ort
+    from kiln.runtime.onnx_backend import cpu_session
 
     opts.log_severity_level = 3  # a splice leaves the float weights it replaced unused: ORT warns
-    ref = ort.InferenceSession(fp32.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ref = cpu_session(fp32.SerializeToString(), opts)
     input_names = [i.name for i in ref.get_inputs()]
     inputs = [{k: feed[k] for k in input_names} for feed in feeds]
     want = [ref.run(None, f)[0] for f in inputs]
     errors: dict[str, float] = {}
     for c in cuts.values():
         try:
-            sess = ort.InferenceSession(_spliced(fp32, c, quant), opts, providers=["CPUExecutionProvider"])
+            sess = cpu_session(_spliced(fp32, c, quant), opts)
         except Exception:  # a splice ORT cannot build (e.g. a fused contrib op): not ranked
             continue
         rel = _rel_error((sess.run(None, f)[0], w) for f, w in zip(inputs, want, strict=True))

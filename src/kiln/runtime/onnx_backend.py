@@ -57,6 +57,16 @@ def session_options(threads: int = 0, spinning: bool = True) -> ort.SessionOptio
     return opts
 
 
+def cpu_session(
+    model: str | bytes, opts: ort.SessionOptions, disabled: tuple[str, ...] = ()
+) -> ort.InferenceSession:
+    """An ORT session on the CPU for a file path or serialized graph, with :data:`ALWAYS_DISABLED` (and
+    ``disabled``) switched off: every session that runs or judges a kiln graph computes it the same way."""
+    return ort.InferenceSession(
+        model, opts, providers=["CPUExecutionProvider"], disabled_optimizers=[*ALWAYS_DISABLED, *disabled]
+    )
+
+
 class OnnxBackend:
     """Loads one ``.onnx`` file on the CPU execution provider."""
 
@@ -66,11 +76,8 @@ class OnnxBackend:
         self.path = Path(path)
         self.settings = settings or SessionSettings()
         try:
-            self.session = ort.InferenceSession(
-                str(self.path),
-                session_options(threads, spinning),
-                providers=["CPUExecutionProvider"],
-                disabled_optimizers=[*ALWAYS_DISABLED, *self.settings.disabled_optimizers],
+            self.session = cpu_session(
+                str(self.path), session_options(threads, spinning), self.settings.disabled_optimizers
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise BundleError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
